@@ -1,0 +1,131 @@
+"""Config validation: every user mistake becomes one `ConfigError` line, before compiling.
+
+Methods are configs of one code path (paper, Tables 1 and 3):
+
+  method      k     discriminator   transfer
+  dcgan       1     BatchNorm       none
+  dcgan_sn    1     spectral norm   none
+  madgan      >= 2  spectral norm   none       (MAD-GAN, Ghosh et al. 2018)
+  proposed    >= 2  spectral norm   image | feature_input_side | feature_output_side
+"""
+
+import importlib.util
+import os
+
+import jax.numpy as jnp
+
+from cgan_jax import gates as gates_lib
+from cgan_jax import graph as graph_lib
+from cgan_jax import models
+from cgan_jax.errors import ConfigError, choice_error
+
+METHODS = ("dcgan", "dcgan_sn", "madgan", "proposed")
+D_UPDATES = ("paper", "joint")
+DTYPES = ("float32", "bfloat16")
+DATA_SOURCES = ("tfds", "cifar_archive", "synthetic")
+
+
+def d_norm(config) -> str:
+  """The discriminator's normalisation implied by the method."""
+  return "batch" if config.method == "dcgan" else "spectral"
+
+
+def _check_int(field: str, value, minimum: int) -> None:
+  if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+    raise ConfigError(f"{field}={value!r} must be an integer >= {minimum}")
+
+
+def _check_positive(field: str, value) -> None:
+  if not isinstance(value, int | float) or not value > 0:
+    raise ConfigError(f"{field}={value!r} must be a number > 0")
+
+
+def validate_config(config) -> None:
+  """Checks a config; raises `ConfigError` naming the first bad field.
+
+  Args:
+    config: an `ml_collections.ConfigDict` as returned by `configs/*.py:get_config`.
+  """
+  if config.method not in METHODS:
+    raise choice_error("config.method", config.method, METHODS)
+  k = config.model.k
+  _check_int("config.model.k", k, 1)
+  _check_int("config.model.z_dim", config.model.z_dim, 1)
+  _check_int("config.model.g_width", config.model.g_width, 1)
+  _check_int("config.model.d_width", config.model.d_width, 1)
+  ema = config.model.ema_decay
+  if not isinstance(ema, int | float) or not 0.0 <= ema < 1.0:
+    raise ConfigError(f"config.model.ema_decay={ema!r} must be in [0, 1) (0 turns EMA off)")
+  if config.data.image_size not in models.SUPPORTED_IMAGE_SIZES:
+    raise choice_error(
+      "config.data.image_size", config.data.image_size, models.SUPPORTED_IMAGE_SIZES
+    )
+  if config.dtype not in DTYPES:
+    raise choice_error("config.dtype", config.dtype, DTYPES)
+  if config.data.source not in DATA_SOURCES:
+    raise choice_error("config.data.source", config.data.source, DATA_SOURCES)
+  _check_int("config.num_epochs", config.num_epochs, 1)
+  _check_int("config.train.batch_size", config.train.batch_size, 1)
+  if config.train.d_update not in D_UPDATES:
+    raise choice_error("config.train.d_update", config.train.d_update, D_UPDATES)
+  for name in ("g_lr", "d_lr"):
+    _check_positive(f"config.optim.{name}", config.optim[name])
+  for name in ("b1", "b2"):
+    b = config.optim[name]
+    if not isinstance(b, int | float) or not 0.0 <= b < 1.0:
+      raise ConfigError(f"config.optim.{name}={b!r} must be in [0, 1)")
+  _validate_graph(config)
+
+
+def _validate_graph(config) -> None:
+  g, k, method = config.graph, config.model.k, config.method
+  if g.transfer not in graph_lib.TRANSFER_METHODS:
+    raise choice_error("config.graph.transfer", g.transfer, graph_lib.TRANSFER_METHODS)
+  if g.progress not in gates_lib.PROGRESS_MODES:
+    raise choice_error("config.graph.progress", g.progress, gates_lib.PROGRESS_MODES)
+  if not isinstance(g.alpha, int | float) or g.alpha < 0:
+    raise ConfigError(f"config.graph.alpha={g.alpha!r} must be a number >= 0 (paper: 1000)")
+  if method in ("dcgan", "dcgan_sn") and k != 1:
+    raise ConfigError(f"config.model.k={k} is not allowed with method={method!r}; it needs k=1")
+  if method in ("madgan", "proposed") and k < 2:
+    raise ConfigError(f"config.model.k={k} is not allowed with method={method!r}; it needs k>=2")
+  if method != "proposed" and g.transfer != "none":
+    raise ConfigError(
+      f"config.graph.transfer={g.transfer!r} is not allowed with method={method!r}; "
+      "allowed: 'none' (transfer edges belong to method='proposed')"
+    )
+  if method == "proposed" and g.transfer == "none":
+    allowed = [t for t in graph_lib.TRANSFER_METHODS if t != "none"]
+    raise ConfigError(
+      f"config.graph.transfer='none' is not allowed with method='proposed'; choose one of: "
+      f"{', '.join(allowed)} (or method='madgan' for no transfer)"
+    )
+  n_layers = models.num_generator_layers(config.data.image_size)
+  needed = graph_lib.transfer_layers(g.transfer)
+  if needed and max(needed) > n_layers:
+    raise ConfigError(
+      f"config.graph.transfer={g.transfer!r} uses generator layers {needed}, but a "
+      f"{config.data.image_size}px generator has {n_layers} layers; use image_size >= 32"
+    )
+  graph_lib.parse_gates_d(g.gates_d, k)
+  graph_lib.parse_gates_transfer(g.gates_transfer, k)
+
+
+def compute_dtype(config):
+  """The computation dtype (parameters and optimizer state stay float32)."""
+  return jnp.dtype(config.dtype)
+
+
+def load_config(spec: str):
+  """Loads `path/to/config.py[:variants]` the way `--config=` does, without flags.
+
+  Raises:
+    ConfigError: the file does not exist or a variant is unknown.
+  """
+  path, _, arg = spec.partition(":")
+  if not os.path.isfile(path):
+    raise ConfigError(f"--config={spec!r}: no config file at {path!r}")
+  module_spec = importlib.util.spec_from_file_location("_cgan_config", path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(arg or None)

@@ -1,0 +1,67 @@
+"""Gate functions of the knowledge transfer graph (paper, section 3.2).
+
+A gate weights the loss of one edge over the course of training:
+
+  through          1
+  cutoff           0
+  positive_linear  p        (cutoff at the start, through at the end)
+  negative_linear  1 - p    (through at the start, cutoff at the end)
+
+where p in [0, 1] is the training progress. The paper does not say whether the linear
+gates move per epoch or per step. By default (``config.graph.progress='epoch'``) p is the
+epoch index e = 0..E-1 divided by E-1, so a gate holds its value for a whole epoch and
+reaches exactly 1 (or 0) in the last epoch. With ``'step'`` p = step / (total_steps - 1).
+For a single-epoch run (E = 1) p stays 0.
+
+Gate choices are integer arrays (indices into `GATE_NAMES`), and `gate_weights` is a
+lookup inside jit, so a new combination of gates never recompiles the training step.
+"""
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+GATE_NAMES = ("through", "cutoff", "positive_linear", "negative_linear")
+THROUGH, CUTOFF, POSITIVE_LINEAR, NEGATIVE_LINEAR = range(len(GATE_NAMES))
+PROGRESS_MODES = ("epoch", "step")
+
+
+def gate_weights(gate_ids: jax.Array, progress: jax.Array) -> jax.Array:
+  """Weights of gates at a point of training.
+
+  Args:
+    gate_ids: int array of any shape, entries in 0..3 (see `GATE_NAMES`).
+    progress: scalar in [0, 1], the training progress.
+
+  Returns:
+    float32 array with the shape of `gate_ids`.
+  """
+  p = jnp.clip(jnp.asarray(progress, jnp.float32), 0.0, 1.0)
+  table = jnp.stack([jnp.ones_like(p), jnp.zeros_like(p), p, 1.0 - p])
+  return table[jnp.asarray(gate_ids, jnp.int32)]
+
+
+def make_progress_fn(
+  *, num_epochs: int, steps_per_epoch: int, mode: str = "epoch"
+) -> Callable[[jax.Array], jax.Array]:
+  """Returns progress(step) in [0, 1], a pure schedule usable under jit.
+
+  Args:
+    num_epochs: E, the number of training epochs.
+    steps_per_epoch: optimizer steps per epoch.
+    mode: 'epoch' (p = e / (E - 1)) or 'step' (p = step / (E * steps_per_epoch - 1)).
+  """
+  if mode == "epoch":
+    schedule = optax.linear_schedule(0.0, 1.0, transition_steps=max(num_epochs - 1, 1))
+    if num_epochs <= 1:
+      return lambda step: jnp.zeros((), jnp.float32)
+    return lambda step: schedule(jnp.asarray(step) // steps_per_epoch)
+  if mode == "step":
+    total = num_epochs * steps_per_epoch
+    if total <= 1:
+      return lambda step: jnp.zeros((), jnp.float32)
+    schedule = optax.linear_schedule(0.0, 1.0, transition_steps=total - 1)
+    return lambda step: schedule(step)
+  raise ValueError(f"unknown progress mode {mode!r}")

@@ -1,0 +1,155 @@
+"""Loss functions of the paper, one small function each.
+
+Conventions (the paper leaves these open; see README "Choices"):
+  * The discriminator has k + 1 logits; index i < k means "made by G_i" and index k means
+    "real" (the paper's d_{k+1}). Losses are means over the batch.
+  * Transfer losses (eq. 3-5) follow the attention-transfer convention (Zagoruyko &
+    Komodakis, 2017): each sample's map is flattened and L2-normalised, and the loss is
+    alpha times the MEAN of the squared differences over positions, samples and layers.
+    With alpha = 1000 this gives losses of order 0.1-1.
+  * The teacher side carries `stop_gradient`, so L_t,s only moves the student G_s.
+"""
+
+import jax
+import jax.numpy as jnp
+import optax
+
+_EPS = 1e-12
+
+
+def discriminator_loss(logits: jax.Array, label: int | jax.Array) -> jax.Array:
+  """Eq. (1): cross-entropy of D's softmax with a one-hot target.
+
+  Args:
+    logits: [b, k + 1] discriminator logits.
+    label: the target class: i for images of G_i, k for real images.
+
+  Returns:
+    Scalar, -sum_m t_m log d_m averaged over the batch.
+  """
+  return discriminator_loss_per_image(logits, label).mean()
+
+
+def discriminator_loss_per_image(logits: jax.Array, label: int | jax.Array) -> jax.Array:
+  """Eq. (1) for each image: [b, k + 1] logits, int label(s) -> [b] cross-entropies."""
+  labels = jnp.broadcast_to(jnp.asarray(label, jnp.int32), logits.shape[:1])
+  return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+
+
+def generator_adversarial_loss(logits: jax.Array) -> jax.Array:
+  """Eq. (2) before its gate: -log d_{k+1}(G_i(z)), the 'real' class, batch mean.
+
+  Args:
+    logits: [..., b, k + 1] logits of D on images of G_i.
+
+  Returns:
+    Array of shape [...]: one loss per leading index (e.g. per generator).
+  """
+  return -jax.nn.log_softmax(logits, axis=-1)[..., -1].mean(axis=-1)
+
+
+def attention_map(features: jax.Array) -> jax.Array:
+  """Eq. (3), then flattened and L2-normalised per sample.
+
+  Args:
+    features: [..., b, h, w, c] feature map F.
+
+  Returns:
+    [..., b, h * w]: Q = mean_c F^2, divided by its L2 norm over positions.
+  """
+  q = jnp.mean(jnp.square(features.astype(jnp.float32)), axis=-1)
+  return normalize_flat(q, 2)
+
+
+def normalize_flat(x: jax.Array, feature_axes: int) -> jax.Array:
+  """Flattens the trailing `feature_axes` axes and L2-normalises each sample.
+
+  Args:
+    x: [..., b, *feature_shape] with len(feature_shape) == feature_axes.
+    feature_axes: how many trailing axes make one sample's vector.
+
+  Returns:
+    [..., b, d] with unit L2 norm over d (an all-zero vector stays zero).
+  """
+  flat = x.reshape(*x.shape[: x.ndim - feature_axes], -1).astype(jnp.float32)
+  norm = jnp.sqrt(jnp.sum(jnp.square(flat), axis=-1, keepdims=True))
+  return flat / jnp.maximum(norm, _EPS)
+
+
+def image_representation(images: jax.Array) -> jax.Array:
+  """The compared quantity of eq. (5): [..., b, h, w, c] -> normalised [..., b, h*w*c]."""
+  return normalize_flat(images, 3)
+
+
+def pairwise_transfer_losses(reps: list[jax.Array], alpha: jax.Array | float) -> jax.Array:
+  """Eq. (4)/(5) for every ordered pair (teacher t, student s).
+
+  Args:
+    reps: list over the M compared layers of normalised maps, each [k, b, d].
+    alpha: the loss scale.
+
+  Returns:
+    [k, k] float32, entry [t, s] = alpha * mean_{m, n, positions}
+    (rep_s - stop_gradient(rep_t))^2. The diagonal is zero.
+  """
+  per_layer = []
+  for rep in reps:
+    student = rep[None, :]  # [1, k(s), b, d]
+    teacher = jax.lax.stop_gradient(rep)[:, None]  # [k(t), 1, b, d]
+    per_layer.append(jnp.mean(jnp.square(student - teacher), axis=(-2, -1)))
+  return alpha * jnp.mean(jnp.stack(per_layer), axis=0)
+
+
+def feature_transfer_loss(
+  student: list[jax.Array], teacher: list[jax.Array], alpha: float
+) -> jax.Array:
+  """Eq. (4) for one edge: attention transfer over M layers.
+
+  Args:
+    student: M feature maps of G_s, each [b, h, w, c].
+    teacher: the matching M feature maps of G_t.
+    alpha: the loss scale.
+
+  Returns:
+    Scalar loss; the teacher receives no gradient.
+  """
+  terms = [
+    jnp.mean(jnp.square(attention_map(fs) - jax.lax.stop_gradient(attention_map(ft))))
+    for fs, ft in zip(student, teacher, strict=True)
+  ]
+  return alpha * jnp.mean(jnp.stack(terms))
+
+
+def image_transfer_loss(student: jax.Array, teacher: jax.Array, alpha: float) -> jax.Array:
+  """Eq. (5) for one edge: transfer of the generated images.
+
+  Args:
+    student: [b, h, w, c] images of G_s.
+    teacher: [b, h, w, c] images of G_t from the same z.
+    alpha: the loss scale.
+
+  Returns:
+    Scalar loss; the teacher receives no gradient.
+  """
+  diff = image_representation(student) - jax.lax.stop_gradient(image_representation(teacher))
+  return alpha * jnp.mean(jnp.square(diff))
+
+
+def gated_generator_losses(
+  adv: jax.Array, transfer: jax.Array, w_d: jax.Array, w_t: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+  """Each generator's loss: Gate(L_D,i) + sum_{t != i} Gate(L_t,i).
+
+  Args:
+    adv: [k] ungated L_D,i.
+    transfer: [k, k] ungated L_t,s (teacher, student).
+    w_d: [k] gate weights of the adversarial edges.
+    w_t: [k, k] gate weights of the transfer edges (the diagonal is ignored).
+
+  Returns:
+    (total [k], gated transfer part [k]) per generator.
+  """
+  k = adv.shape[0]
+  off_diag = 1.0 - jnp.eye(k, dtype=transfer.dtype)
+  gated_transfer = jnp.sum(w_t * transfer * off_diag, axis=0)
+  return w_d * adv + gated_transfer, gated_transfer

@@ -1,0 +1,73 @@
+"""Shared helpers: tiny configs that keep the suite fast on a 2-core CPU."""
+
+import os
+import pathlib
+
+import jax
+import pytest
+
+from cgan_jax import configlib, gates, graph, steps
+from cgan_jax import state as state_lib
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+CIFAR_ARCHIVE = ROOT.parent / "shared" / "data" / "cifar-10-python.tar.gz"
+
+
+def tiny_config(variants: str = "proposed", **overrides):
+  """A validated config: 16px (32px for feature_output_side), width 4, batch 8."""
+  c = configlib.load_config(os.fspath(ROOT / "configs" / "cifar64.py") + ":" + variants)
+  c.data.image_size = 32 if c.graph.transfer == "feature_output_side" else 16
+  c.model.g_width = 4
+  c.model.d_width = 4
+  c.model.z_dim = 8
+  c.train.batch_size = 8
+  c.num_epochs = 2
+  c.data.source = "synthetic"
+  c.data.num_train = 32
+  for path, value in overrides.items():
+    node = c
+    *parents, leaf = path.split("__")
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  configlib.validate_config(c)
+  return c
+
+
+def build(config, seed: int = 0):
+  """(state, jitted step, graph arrays, modules) for a config."""
+  gen, disc = state_lib.make_models(config)
+  tx_g, tx_d = state_lib.make_optimizers(config)
+  st = state_lib.create_train_state(
+    jax.random.PRNGKey(seed),
+    config=config,
+    generator=gen,
+    discriminator=disc,
+    tx_g=tx_g,
+    tx_d=tx_d,
+  )
+  progress_fn = gates.make_progress_fn(
+    num_epochs=config.num_epochs, steps_per_epoch=4, mode=config.graph.progress
+  )
+  step = steps.make_train_step(
+    generator=gen,
+    discriminator=disc,
+    tx_g=tx_g,
+    tx_d=tx_d,
+    config=config,
+    progress_fn=progress_fn,
+  )
+  return st, step, graph.graph_arrays_from_config(config), (gen, disc)
+
+
+def real_batch(config, seed: int = 1):
+  s = config.data.image_size
+  shape = (config.train.batch_size, s, s, 3)
+  return jax.random.uniform(jax.random.PRNGKey(seed), shape, minval=-1.0, maxval=1.0)
+
+
+@pytest.fixture
+def cifar_archive():
+  if not CIFAR_ARCHIVE.exists():
+    pytest.skip(f"real CIFAR-10 archive not found at {CIFAR_ARCHIVE}")
+  return CIFAR_ARCHIVE

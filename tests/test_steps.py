@@ -1,0 +1,116 @@
+"""The jitted k-generator training step."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from cgan_jax import gates, graph
+
+from .conftest import build, real_batch, tiny_config
+
+
+def _changed(a, b):
+  return any(jax.tree.leaves(jax.tree.map(lambda x, y: not np.array_equal(x, y), a, b)))
+
+
+@pytest.mark.parametrize(
+  "variant,d_update",
+  [
+    ("dcgan", "paper"),
+    ("dcgan_sn", "paper"),
+    ("madgan", "paper"),
+    ("proposed", "paper"),
+    ("proposed3", "paper"),
+    ("proposed", "joint"),
+  ],
+)
+def test_one_step_of_each_method(variant, d_update):
+  c = tiny_config(variant, train__d_update=d_update)
+  st, step, ga, _ = build(c)
+  new, m = jax.jit(step)(st, real_batch(c), ga)
+  assert int(new.step) == 1
+  for name, value in m.items():
+    assert np.all(np.isfinite(np.asarray(value))), name
+  k = c.model.k
+  chex.assert_shape([m["g_adv"], m["g_transfer"], m["g_loss"], m["gate_d"]], (k,))
+  chex.assert_shape(m["gate_transfer"], (k, k))
+  assert _changed(new.g_params, st.g_params)
+  assert _changed(new.d_params, st.d_params)
+  assert _changed(new.d_state, st.d_state)  # SN vectors / BN statistics, D's own update
+  assert _changed(new.g_batch_stats, st.g_batch_stats)
+  for i in range(k):  # every generator moved
+    assert _changed(
+      jax.tree.map(lambda x, i=i: x[i], new.g_params),
+      jax.tree.map(lambda x, i=i: x[i], st.g_params),
+    )
+  if c.graph.transfer == "none" or k == 1:
+    np.testing.assert_array_equal(m["g_transfer"], 0.0)
+  else:
+    assert np.all(np.asarray(m["g_transfer"]) > 0)
+
+
+def test_gate_changes_do_not_retrace():
+  c = tiny_config("proposed", model__k=3)
+  st, step, ga, _ = build(c)
+  traced = chex.assert_max_traces(step, n=1)
+  jitted = jax.jit(traced)
+  other = graph.GraphArrays(
+    gates_d=jnp.array([gates.CUTOFF, gates.POSITIVE_LINEAR, gates.THROUGH], jnp.int32),
+    gates_transfer=jnp.asarray(
+      graph.parse_gates_transfer(
+        "-,negative_linear,cutoff;through,-,positive_linear;cutoff,cutoff,-", 3
+      )
+    ),
+    alpha=jnp.asarray(10.0, jnp.float32),
+  )
+  real = real_batch(c)
+  st1, m1 = jitted(st, real, ga)
+  st2, m2 = jitted(st1, real, other)
+  np.testing.assert_array_equal(m2["gate_d"], [0.0, 0.0, 1.0])  # epoch 0: positive = 0
+  np.testing.assert_array_equal(m2["gate_transfer"][0], [0.0, 1.0, 0.0])
+  chex.clear_trace_counter()
+
+
+def test_cutoff_edges_pass_exactly_zero_gradient():
+  """A generator whose every incoming edge is cut off does not move at all (Adam of 0 = 0)."""
+  c = tiny_config(
+    "proposed",
+    model__k=3,
+    graph__gates_d="through,through,cutoff",
+    graph__gates_transfer="-,through,cutoff;through,-,cutoff;through,through,-",
+  )
+  st, step, ga, _ = build(c)
+  new, m = jax.jit(step)(st, real_batch(c), ga)
+  g2_old = jax.tree.map(lambda x: x[2], st.g_params)
+  g2_new = jax.tree.map(lambda x: x[2], new.g_params)
+  jax.tree.map(np.testing.assert_array_equal, g2_new, g2_old)
+  assert _changed(
+    jax.tree.map(lambda x: x[0], new.g_params), jax.tree.map(lambda x: x[0], st.g_params)
+  )
+  assert float(m["g_loss"][2]) == 0.0
+
+
+def test_step_is_deterministic_and_depends_on_step_counter():
+  c = tiny_config("madgan")
+  st, step, ga, _ = build(c)
+  jitted = jax.jit(step)
+  a, _ = jitted(st, real_batch(c), ga)
+  b, _ = jitted(st, real_batch(c), ga)
+  jax.tree.map(np.testing.assert_array_equal, a, b)
+  # the same inputs at a later step use a different z (fold_in(key, step))
+  c_state, _ = jitted(st.replace(step=jnp.int32(5)), real_batch(c), ga)
+  assert _changed(c_state.g_params, a.g_params)
+
+
+def test_ema_tracks_parameters():
+  c = tiny_config("proposed", model__ema_decay=0.5)
+  st, step, ga, _ = build(c)
+  new, _ = jax.jit(step)(st, real_batch(c), ga)
+  jax.tree.map(
+    lambda e, p0, p1: np.testing.assert_allclose(e, 0.5 * p0 + 0.5 * p1, rtol=1e-6, atol=1e-7),
+    new.g_ema,
+    st.g_params,
+    new.g_params,
+  )
