@@ -1,0 +1,134 @@
+"""Orbax checkpoints: keep the last N, a best-by-metric copy, and a safe restore.
+
+Layout under the workdir:
+  checkpoints/<step>/   the last `config.checkpoint.keep` checkpoints
+  best/<step>/          the single best checkpoint by the selection metric (once metrics
+                        exist): IS (higher is better), else FID (lower is better)
+  corrupt/<step>/       checkpoints that failed to restore, moved aside (never deleted)
+"""
+
+import os
+import shutil
+
+import orbax.checkpoint as ocp
+from absl import logging
+
+from cgan_jax.errors import ConfigError
+
+LATEST_DIR = "checkpoints"
+BEST_DIR = "best"
+CORRUPT_DIR = "corrupt"
+
+
+class CheckpointError(ConfigError):
+  """Existing checkpoints could not be restored; the run refuses to start afresh."""
+
+
+def make_manager(workdir: str, keep: int) -> ocp.CheckpointManager:
+  """The keep-last-N manager of `workdir/checkpoints`."""
+  options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
+  return ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, LATEST_DIR)), options=options)
+
+
+def make_best_manager(workdir: str, mode: str) -> ocp.CheckpointManager:
+  """Keeps the single best checkpoint by metrics['selection'] (mode 'max' or 'min')."""
+  options = ocp.CheckpointManagerOptions(
+    max_to_keep=1,
+    create=True,
+    best_fn=lambda metrics: float(metrics["selection"]),
+    best_mode=mode,
+    keep_checkpoints_without_metrics=False,
+  )
+  return ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, BEST_DIR)), options=options)
+
+
+def save(manager: ocp.CheckpointManager, step: int, state, metrics=None) -> None:
+  manager.save(step, args=ocp.args.StandardSave(state), metrics=metrics, force=True)
+
+
+def restore_latest(manager: ocp.CheckpointManager, target, workdir: str):
+  """Restores the newest readable checkpoint, or returns None if there is none.
+
+  A checkpoint that fails to restore is moved to `workdir/corrupt/` with a warning and
+  the next older one is tried. If checkpoints exist but none can be read, raises
+  `CheckpointError` rather than silently starting afresh over existing work.
+
+  Args:
+    manager: from `make_manager`.
+    target: a state with the right structure, shapes, dtypes and shardings.
+    workdir: the run's workdir.
+
+  Returns:
+    (state, step) or None.
+  """
+  steps = sorted(manager.all_steps(), reverse=True)
+  failures = []
+  for step in steps:
+    try:
+      state = manager.restore(step, args=ocp.args.StandardRestore(target))
+      if failures:
+        logging.warning("Resumed from the older checkpoint at step %d.", step)
+      return state, step
+    except Exception as e:  # noqa: BLE001 - any failure means this checkpoint is unusable
+      reason = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
+      failures.append((step, reason))
+      moved = _move_aside(manager, workdir, step)
+      logging.warning(
+        "Checkpoint at step %d could not be restored (%s); moved it to %s.", step, reason, moved
+      )
+  if failures:
+    step, reason = failures[0]
+    raise CheckpointError(
+      f"no readable checkpoint in {os.path.join(workdir, LATEST_DIR)} (step {step}: "
+      f"{reason}); broken ones were moved to {os.path.join(workdir, CORRUPT_DIR)}; refusing "
+      "to start afresh over existing work: use a new --workdir or remove the workdir"
+    )
+  return None
+
+
+def _move_aside(manager: ocp.CheckpointManager, workdir: str, step: int) -> str:
+  src = os.path.join(str(manager.directory), str(step))
+  dst_root = os.path.join(workdir, CORRUPT_DIR)
+  os.makedirs(dst_root, exist_ok=True)
+  dst = os.path.join(dst_root, str(step))
+  n = 1
+  while os.path.exists(dst):
+    dst = os.path.join(dst_root, f"{step}.{n}")
+    n += 1
+  shutil.move(src, dst)
+  manager.reload()
+  return dst
+
+
+def restore_step(workdir: str, which: str, target):
+  """Restores `which` = 'latest' | 'best' | a step number; for the CLIs.
+
+  Raises:
+    ConfigError: no such checkpoint.
+  """
+  if which == "best":
+    directory = os.path.join(workdir, BEST_DIR)
+  else:
+    directory = os.path.join(workdir, LATEST_DIR)
+  if not os.path.isdir(directory):
+    raise ConfigError(f"--checkpoint={which}: no checkpoints in {directory}")
+  manager = ocp.CheckpointManager(
+    os.path.abspath(directory), options=ocp.CheckpointManagerOptions(create=False)
+  )
+  steps = manager.all_steps()
+  if not steps:
+    raise ConfigError(f"--checkpoint={which}: no checkpoints in {directory}")
+  if which in ("latest", "best"):
+    step = max(steps)
+  else:
+    try:
+      step = int(which)
+    except ValueError:
+      raise ConfigError(
+        f"--checkpoint={which!r} must be 'latest', 'best' or a step number"
+      ) from None
+    if step not in steps:
+      raise ConfigError(f"--checkpoint={step}: no such step; available: {sorted(steps)}")
+  state = manager.restore(step, args=ocp.args.StandardRestore(target))
+  manager.close()
+  return state, step

@@ -1,0 +1,104 @@
+"""Exports samples of every generator of a trained run.
+
+  python -m cgan_jax.sample --workdir=DIR --num=N --out=FILE.npz
+  python -m cgan_jax.sample --workdir=DIR --num=N --out=FOLDER   # PNGs: FOLDER/g0/000000.png
+
+The .npz holds `images`, uint8 [k, N, H, W, 3]. The same workdir, checkpoint and --seed give
+the same bytes. Latent n is shared by all generators (as in the paper's Figure 5). The PNG
+folders can be read directly by pytorch-fid, torch-fidelity and clean-fid.
+"""
+
+import json
+import os
+
+import jax
+import ml_collections
+from absl import flags
+
+from cgan_jax import checkpointing, cli, configlib, sampling
+from cgan_jax import state as state_lib
+from cgan_jax.errors import ConfigError
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("workdir", None, "Workdir of a training run.")
+flags.DEFINE_integer("num", 1000, "Samples per generator.")
+flags.DEFINE_string("out", None, "Output: FILE.npz, or a folder for PNGs.")
+flags.DEFINE_string("checkpoint", "latest", "'latest', 'best' or a step number.")
+flags.DEFINE_integer("seed", 0, "Seed of the latents.")
+flags.DEFINE_integer("batch_size", 250, "Generation batch size.")
+flags.DEFINE_bool("ema", False, "Use the EMA weights (needs model.ema_decay > 0).")
+
+
+def load_run_config(workdir: str) -> ml_collections.ConfigDict:
+  """The validated config saved by a training run in `workdir`."""
+  path = os.path.join(workdir or "", "config.json")
+  if not workdir or not os.path.isfile(path):
+    raise ConfigError(f"--workdir={workdir!r} holds no training run (no config.json)")
+  with open(path) as f:
+    config = ml_collections.ConfigDict(json.load(f))
+  configlib.validate_config(config)
+  return config
+
+
+def restore_run(workdir: str, which: str):
+  """(config, state, step, generator) of checkpoint `which` of the run in `workdir`."""
+  config = load_run_config(workdir)
+  generator, discriminator = state_lib.make_models(config)
+  tx_g, tx_d = state_lib.make_optimizers(config)
+  init_key, _ = jax.random.split(jax.random.PRNGKey(config.seed))
+  target = state_lib.create_train_state(
+    init_key, config=config, generator=generator, discriminator=discriminator, tx_g=tx_g, tx_d=tx_d
+  )
+  state, step = checkpointing.restore_step(workdir, which, target)
+  return config, state, step, generator
+
+
+def export_samples(workdir, num, out, which="latest", seed=0, batch_size=250, ema=False):
+  """Writes `num` samples per generator to `out` (.npz or a PNG folder); returns the array."""
+  if num < 1:
+    raise ConfigError(f"--num={num} must be >= 1")
+  if batch_size < 1:
+    raise ConfigError(f"--batch_size={batch_size} must be >= 1")
+  if not out:
+    raise ConfigError("--out is required (FILE.npz or a folder)")
+  config, state, step, generator = restore_run(workdir, which)
+  params = state.g_params
+  if ema:
+    if state.g_ema is None:
+      raise ConfigError("--ema needs a run trained with config.model.ema_decay > 0")
+    params = state.g_ema
+  images = sampling.generate_all(
+    sampling.make_generate_fn(generator),
+    params,
+    state.g_batch_stats,
+    jax.random.PRNGKey(seed),
+    num,
+    config.model.z_dim,
+    min(batch_size, num),
+  )
+  if out.endswith(".npz"):
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    sampling.save_npz_deterministic(out, images=images)
+  else:
+    for i in range(images.shape[0]):
+      folder = os.path.join(out, f"g{i}")
+      os.makedirs(folder, exist_ok=True)
+      for n in range(images.shape[1]):
+        sampling.save_png(images[i, n], os.path.join(folder, f"{n:06d}.png"))
+  print(
+    f"Wrote {images.shape[1]} samples x {images.shape[0]} generators from step {step} "
+    f"({which}) to {out}"
+  )
+  return images
+
+
+def main(argv):
+  if len(argv) > 1:
+    cli.fail(f"unexpected arguments: {' '.join(argv[1:])}")
+  export_samples(
+    FLAGS.workdir, FLAGS.num, FLAGS.out, FLAGS.checkpoint, FLAGS.seed, FLAGS.batch_size, FLAGS.ema
+  )
+
+
+if __name__ == "__main__":
+  cli.run(main)

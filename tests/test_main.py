@@ -1,0 +1,189 @@
+"""The CLIs as a user runs them: bad input, SIGTERM, and the README's smoke run."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from .conftest import ROOT, tiny_config
+
+TINY = [
+  "--config.data.source=synthetic",
+  "--config.data.num_train=32",
+  "--config.data.image_size=16",
+  "--config.model.g_width=4",
+  "--config.model.d_width=4",
+  "--config.model.z_dim=8",
+  "--config.train.batch_size=8",
+  "--config.eval.num_grid=4",
+]
+
+
+def run_cli(module, *args, env=None, timeout=300):
+  full_env = {**os.environ, **(env or {})}
+  return subprocess.run(
+    [sys.executable, "-m", module, *args],
+    cwd=ROOT,
+    env=full_env,
+    capture_output=True,
+    text=True,
+    timeout=timeout,
+  )
+
+
+def snapshot(path):
+  return {
+    os.path.join(r, f): os.path.getmtime(os.path.join(r, f))
+    for r, _, fs in os.walk(path)
+    for f in fs
+  }
+
+
+@pytest.fixture
+def existing_workdir(tmp_path):
+  wd = tmp_path / "existing"
+  wd.mkdir()
+  c = tiny_config("proposed")
+  (wd / "config.json").write_text(c.to_json_best_effort(indent=2, sort_keys=True))
+  (wd / "notes.txt").write_text("earlier work")
+  return wd
+
+
+def _corrupt_archive(tmp_path):
+  p = tmp_path / "cifar-10-python.tar.gz"
+  p.write_bytes(b"\x1f\x8b\x08\x00 definitely not a tarball")
+  return str(p)
+
+
+@pytest.mark.parametrize(
+  "case,extra,env,match",
+  [
+    (
+      "missing archive",
+      [
+        "--config.data.source=cifar_archive",
+        "--config.data.path=/nonexistent/cifar-10-python.tar.gz",
+      ],
+      {},
+      "config.data.path='/nonexistent/cifar-10-python.tar.gz': no CIFAR-10 archive",
+    ),
+    (
+      "corrupt archive",
+      ["--config.data.source=cifar_archive", "CORRUPT"],
+      {},
+      "is not a readable cifar-10-python.tar.gz",
+    ),
+    (
+      "batch vs devices",
+      ["--config.train.batch_size=6"],
+      {"XLA_FLAGS": "--xla_force_host_platform_device_count=4"},
+      "config.train.batch_size=6 is not divisible by the 4 devices",
+    ),
+    (
+      "unknown source",
+      ["--config.data.source=imagenet"],
+      {},
+      "config.data.source='imagenet' is not allowed; choose one of",
+    ),
+    ("zero epochs", ["--config.num_epochs=0"], {}, "config.num_epochs=0 must be an integer"),
+    (
+      "incompatible",
+      ["--config.model.k=3"],
+      {},
+      "holds a run with config.model.k=2, but this config has config.model.k=3",
+    ),
+    ("mistyped field", ["--config.modle.k=3"], {}, "modle"),
+    (
+      "unknown gate",
+      ["--config.graph.gates_d=through,sometimes"],
+      {},
+      "config.graph.gates_d: unknown gate 'sometimes'",
+    ),
+  ],
+)
+def test_bad_input_exits_2_with_one_line_and_leaves_workdir(
+  existing_workdir, tmp_path, case, extra, env, match
+):
+  extra = [
+    f"--config.data.path={_corrupt_archive(tmp_path)}" if a == "CORRUPT" else a for a in extra
+  ]
+  before = snapshot(existing_workdir)
+  r = run_cli(
+    "cgan_jax.main",
+    "--config=configs/cifar64.py:smoke",
+    *TINY,
+    *extra,
+    f"--workdir={existing_workdir}",
+    env=env,
+  )
+  assert r.returncode == 2, (case, r.stderr[-2000:])
+  errors = [line for line in r.stderr.splitlines() if line.startswith("error: ")]
+  assert len(errors) == 1 and match in errors[0], r.stderr[-2000:]
+  assert "Traceback" not in r.stderr
+  assert snapshot(existing_workdir) == before
+
+
+def test_unwritable_workdir_and_unknown_variant(tmp_path):
+  blocker = tmp_path / "a_file"
+  blocker.write_text("x")
+  r = run_cli(
+    "cgan_jax.main", "--config=configs/cifar64.py:smoke", *TINY, f"--workdir={blocker}/run"
+  )
+  assert r.returncode == 2 and "is not a writable directory" in r.stderr
+  r = run_cli("cgan_jax.main", "--config=configs/cifar64.py:smoke,wgan", f"--workdir={tmp_path}/w")
+  assert r.returncode == 2 and "config variant='wgan' is not allowed" in r.stderr
+  assert "Traceback" not in r.stderr
+  assert not (tmp_path / "w").exists()
+
+
+def test_sigterm_saves_and_exits_cleanly(tmp_path):
+  wd = tmp_path / "run"
+  proc = subprocess.Popen(
+    [
+      sys.executable,
+      "-m",
+      "cgan_jax.main",
+      "--config=configs/cifar64.py",
+      *TINY,
+      "--config.num_epochs=1000",
+      "--config.train.log_every_steps=1",
+      f"--workdir={wd}",
+    ],
+    cwd=ROOT,
+    stderr=subprocess.PIPE,
+    text=True,
+  )
+  deadline = time.time() + 240
+  for line in proc.stderr:
+    if "steps/s" in line or time.time() > deadline:
+      break
+  proc.send_signal(signal.SIGTERM)
+  rest = proc.stderr.read()
+  assert proc.wait(timeout=120) == 0, rest[-2000:]
+  assert "Received SIGTERM" in rest
+  steps = os.listdir(wd / "checkpoints")
+  assert len(steps) == 1 and int(steps[0]) > 0
+
+
+def test_smoke_run_on_real_archive_then_sample(cifar_archive, tmp_path):
+  """The README's first command (shortened to one epoch), then the sample CLI."""
+  wd = tmp_path / "smoke"
+  r = run_cli(
+    "cgan_jax.main",
+    "--config=configs/cifar64.py:smoke",
+    "--config.num_epochs=1",
+    "--config.data.source=cifar_archive",
+    f"--config.data.path={cifar_archive}",
+    f"--workdir={wd}",
+  )
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert "steps/s" in r.stderr and "ETA" in r.stderr
+  assert os.listdir(wd / "checkpoints") == ["16"]
+  assert any(f.startswith("events.out.tfevents") for f in os.listdir(wd))
+  assert sorted(os.listdir(wd / "samples")) == ["step_00000016_g0.png", "step_00000016_g1.png"]
+  r = run_cli("cgan_jax.sample", f"--workdir={wd}", "--num=5", f"--out={tmp_path}/s.npz")
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert "Wrote 5 samples x 2 generators from step 16" in r.stdout

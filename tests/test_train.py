@@ -1,0 +1,106 @@
+"""The training program: exact resume, corrupt checkpoints, divergence, sample export."""
+
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from cgan_jax import checkpointing, sample, train
+from cgan_jax.errors import ConfigError
+
+from .conftest import tiny_config
+
+
+def run_config(**overrides):
+  c = tiny_config("proposed", **overrides)
+  c.eval.num_grid = 4
+  c.train.log_every_steps = 2
+  return c
+
+
+def _params_equal(a, b):
+  return all(jax.tree.leaves(jax.tree.map(lambda x, y: np.array_equal(x, y), a, b)))
+
+
+def test_exact_resume_is_bitwise_equal(tmp_path):
+  straight = train.train_and_evaluate(run_config(num_epochs=2), str(tmp_path / "a"))
+  train.train_and_evaluate(run_config(num_epochs=1), str(tmp_path / "b"))
+  assert sorted(os.listdir(tmp_path / "b" / "checkpoints")) == ["4"]
+  resumed = train.train_and_evaluate(run_config(num_epochs=2), str(tmp_path / "b"))
+  assert int(straight.step) == int(resumed.step) == 8
+  assert _params_equal(straight.g_params, resumed.g_params)
+  assert _params_equal(straight.d_params, resumed.d_params)
+  for wd in ("a", "b"):
+    sample.export_samples(str(tmp_path / wd), 6, str(tmp_path / f"{wd}.npz"), batch_size=4)
+  assert (tmp_path / "a.npz").read_bytes() == (tmp_path / "b.npz").read_bytes()
+  images = np.load(tmp_path / "a.npz")["images"]
+  assert images.shape == (2, 6, 16, 16, 3) and images.dtype == np.uint8
+  # the run wrote what a user looks for
+  files = os.listdir(tmp_path / "a")
+  assert "config.json" in files and any(f.startswith("events.out.tfevents") for f in files)
+  assert "step_00000008_g1.png" in os.listdir(tmp_path / "a" / "samples")
+
+
+def _corrupt(step_dir):
+  """Truncates every data file of a checkpoint."""
+  for root, _, names in os.walk(step_dir):
+    for name in names:
+      if name not in ("_CHECKPOINT_METADATA", "commit_success.txt"):
+        with open(os.path.join(root, name), "r+b") as f:
+          f.truncate(max(os.path.getsize(os.path.join(root, name)) // 3, 1))
+
+
+def test_corrupt_latest_checkpoint_falls_back(tmp_path, caplog):
+  wd = str(tmp_path / "run")
+  good = train.train_and_evaluate(run_config(num_epochs=2), str(tmp_path / "good"))
+  train.train_and_evaluate(run_config(num_epochs=2), wd)
+  _corrupt(os.path.join(wd, "checkpoints", "8"))
+  resumed = train.train_and_evaluate(run_config(num_epochs=2), wd)
+  assert "could not be restored" in caplog.text
+  assert os.path.isdir(os.path.join(wd, "corrupt", "8"))  # moved aside, not deleted
+  assert _params_equal(good.g_params, resumed.g_params)  # redid epoch 2 from step 4
+
+
+def test_all_checkpoints_corrupt_refuses_to_start_afresh(tmp_path):
+  wd = str(tmp_path / "run")
+  train.train_and_evaluate(run_config(num_epochs=1), wd)
+  _corrupt(os.path.join(wd, "checkpoints", "4"))
+  with pytest.raises(checkpointing.CheckpointError, match="refusing to start afresh"):
+    train.train_and_evaluate(run_config(num_epochs=2), wd)
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+  wd = str(tmp_path / "run")
+  train.train_and_evaluate(run_config(num_epochs=1), wd)
+  with pytest.raises(
+    train.TrainingDiverged, match=r"non-finite .* last good checkpoint \(step 4\)"
+  ):
+    train.train_and_evaluate(run_config(num_epochs=3, optim__g_lr=1e38, optim__d_lr=1e38), wd)
+  assert sorted(os.listdir(os.path.join(wd, "checkpoints"))) == ["4"]
+
+
+def test_incompatible_workdir_is_left_untouched(tmp_path):
+  wd = str(tmp_path / "run")
+  train.train_and_evaluate(run_config(num_epochs=1), wd)
+  before = {p: os.path.getmtime(os.path.join(r, p)) for r, _, fs in os.walk(wd) for p in fs}
+  with pytest.raises(
+    ConfigError,
+    match=r"holds a run with config.model.k=2, but this config has "
+    r"config.model.k=3",
+  ):
+    train.train_and_evaluate(run_config(num_epochs=2, model__k=3), wd)
+  after = {p: os.path.getmtime(os.path.join(r, p)) for r, _, fs in os.walk(wd) for p in fs}
+  assert before == after
+
+
+def test_sample_export_png_folders_and_checkpoint_choice(tmp_path):
+  wd = str(tmp_path / "run")
+  train.train_and_evaluate(run_config(num_epochs=2), wd)
+  sample.export_samples(wd, 3, str(tmp_path / "png"), which="4", batch_size=2)
+  assert sorted(os.listdir(tmp_path / "png")) == ["g0", "g1"]
+  assert sorted(os.listdir(tmp_path / "png" / "g1")) == ["000000.png", "000001.png", "000002.png"]
+  with pytest.raises(ConfigError, match=r"--checkpoint=5: no such step; available: \[4, 8\]"):
+    sample.export_samples(wd, 3, str(tmp_path / "x.npz"), which="5")
+  with pytest.raises(ConfigError, match=r"--checkpoint=best: no checkpoints"):
+    sample.export_samples(wd, 3, str(tmp_path / "x.npz"), which="best")
