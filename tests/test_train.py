@@ -104,3 +104,28 @@ def test_sample_export_png_folders_and_checkpoint_choice(tmp_path):
     sample.export_samples(wd, 3, str(tmp_path / "x.npz"), which="5")
   with pytest.raises(ConfigError, match=r"--checkpoint=best: no checkpoints"):
     sample.export_samples(wd, 3, str(tmp_path / "x.npz"), which="best")
+
+
+def test_smoke_config_exact_resume(tmp_path):
+  """The acceptance run itself: the smoke config (on the real archive when it is present)."""
+  from cgan_jax import configlib
+
+  from .conftest import CIFAR_ARCHIVE, ROOT
+
+  def smoke(epochs):
+    c = configlib.load_config(str(ROOT / "configs" / "cifar64.py") + ":smoke")
+    c.num_epochs = epochs
+    if CIFAR_ARCHIVE.exists():
+      c.data.source, c.data.path = "cifar_archive", str(CIFAR_ARCHIVE)
+    else:
+      c.data.source = "synthetic"
+    return c
+
+  straight = train.train_and_evaluate(smoke(2), str(tmp_path / "a"))
+  train.train_and_evaluate(smoke(1), str(tmp_path / "b"))
+  resumed = train.train_and_evaluate(smoke(2), str(tmp_path / "b"))
+  assert int(straight.step) == int(resumed.step) == 32
+  assert _params_equal(straight.g_params, resumed.g_params)
+  for wd in ("a", "b"):
+    sample.export_samples(str(tmp_path / wd), 8, str(tmp_path / f"{wd}.npz"))
+  assert (tmp_path / "a.npz").read_bytes() == (tmp_path / "b.npz").read_bytes()
