@@ -112,17 +112,29 @@ class Discriminator(nn.Module):
     """
 
     def sn(layer):
-      return nn.SpectralNorm(layer, collection_name=SPECTRAL, dtype=self.dtype)
+      # No dtype here: SpectralNorm writes the normalised kernel back at init, so it must
+      # stay float32 (the layer itself computes in self.dtype).
+      return nn.SpectralNorm(layer, collection_name=SPECTRAL)
 
     x = x.astype(self.dtype)
     ch = self.width
     for i in range(num_generator_layers(self.image_size) - 1):
-      conv = nn.Conv(ch, (4, 4), strides=(2, 2), padding=((1, 1), (1, 1)), dtype=self.dtype)
+      # A bias right before BatchNorm is cancelled by it (zero gradient up to rounding,
+      # which Adam would amplify into noise), so BN convs have none, as in PyTorch's DCGAN.
+      batch_norm = self.norm != "spectral" and i > 0
+      conv = nn.Conv(
+        ch,
+        (4, 4),
+        strides=(2, 2),
+        padding=((1, 1), (1, 1)),
+        use_bias=not batch_norm,
+        dtype=self.dtype,
+      )
       if self.norm == "spectral":
         x = sn(conv)(x, update_stats=train)
       else:
         x = conv(x)
-        if i > 0:
+        if batch_norm:
           x = nn.BatchNorm(
             use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype
           )(x)
