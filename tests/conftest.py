@@ -24,6 +24,7 @@ def tiny_config(variants: str = "proposed", **overrides):
   c.num_epochs = 2
   c.data.source = "synthetic"
   c.data.num_train = 32
+  c.eval.enabled = False  # Inception at 299 px is slow on CPU; test_evaluation turns it on
   for path, value in overrides.items():
     node = c
     *parents, leaf = path.split("__")
@@ -64,6 +65,18 @@ def real_batch(config, seed: int = 1):
   s = config.data.image_size
   shape = (config.train.batch_size, s, s, 3)
   return jax.random.uniform(jax.random.PRNGKey(seed), shape, minval=-1.0, maxval=1.0)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_cache(tmp_path_factory):
+  """Converted Inception weights and FID statistics go to a per-session cache, never ~."""
+  old = os.environ.get("CGAN_JAX_CACHE")
+  os.environ["CGAN_JAX_CACHE"] = str(tmp_path_factory.mktemp("cgan_jax_cache"))
+  yield
+  if old is None:
+    os.environ.pop("CGAN_JAX_CACHE", None)
+  else:
+    os.environ["CGAN_JAX_CACHE"] = old
 
 
 @pytest.fixture

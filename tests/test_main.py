@@ -19,6 +19,7 @@ TINY = [
   "--config.model.z_dim=8",
   "--config.train.batch_size=8",
   "--config.eval.num_grid=4",
+  "--config.eval.enabled=False",  # IS/FID in training: tests/test_evaluation.py
 ]
 
 
@@ -175,6 +176,7 @@ def test_smoke_run_on_real_archive_then_sample(cifar_archive, tmp_path):
     "cgan_jax.main",
     "--config=configs/cifar64.py:smoke",
     "--config.num_epochs=1",
+    "--config.eval.enabled=False",  # IS/FID in training: tests/test_evaluation.py
     "--config.data.source=cifar_archive",
     f"--config.data.path={cifar_archive}",
     f"--workdir={wd}",

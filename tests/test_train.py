@@ -115,6 +115,7 @@ def test_smoke_config_exact_resume(tmp_path):
   def smoke(epochs):
     c = configlib.load_config(str(ROOT / "configs" / "cifar64.py") + ":smoke")
     c.num_epochs = epochs
+    c.eval.enabled = False  # IS/FID in training: tests/test_evaluation.py
     if CIFAR_ARCHIVE.exists():
       c.data.source, c.data.path = "cifar_archive", str(CIFAR_ARCHIVE)
     else:

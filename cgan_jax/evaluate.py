@@ -1,0 +1,82 @@
+"""IS and FID of every generator of a trained run.
+
+  python -m cgan_jax.evaluate --workdir=DIR [--checkpoint=best|latest|STEP]
+      [--num_samples=50000] [--weights=auto|fid_helper|FILE] [--batch_size=200]
+
+Prints one row per generator (IS ± std over 10 splits, FID) under a header that names
+the checkpoint, the sample count, the reference split and the Inception weights. The
+reference is the run's own training data at its training resolution.
+"""
+
+import jax
+from absl import flags
+
+from cgan_jax import cli, input_pipeline, runs, sampling
+from cgan_jax.errors import ConfigError
+from cgan_jax.evaluation import evaluator
+from cgan_jax.evaluation import weights as weights_lib
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("workdir", None, "Workdir of a training run.")
+flags.DEFINE_string("checkpoint", "best", "'best', 'latest' or a step number.")
+flags.DEFINE_integer("num_samples", 50_000, "Samples per generator.")
+flags.DEFINE_string("weights", None, "Inception weights; default: the run's eval config.")
+flags.DEFINE_integer("batch_size", None, "Inception batch size; default: the run's.")
+flags.DEFINE_integer("seed", 0, "Seed of the latents.")
+
+
+def evaluate_run(workdir, which="best", num_samples=50_000, weights=None, batch_size=None, seed=0):
+  """Returns (header, scores) for checkpoint `which` of the run in `workdir`."""
+  if num_samples < evaluator.IS_SPLITS:
+    raise ConfigError(f"--num_samples={num_samples} must be >= {evaluator.IS_SPLITS}")
+  if batch_size is not None and batch_size < 1:
+    raise ConfigError(f"--batch_size={batch_size} must be >= 1")
+  config, state, step, generator = runs.restore_run(workdir, which)
+  spec = weights if weights is not None else config.eval.inception_weights
+  try:
+    w = weights_lib.load_weights(spec)
+  except weights_lib.WeightsUnavailable as e:
+    raise ConfigError(
+      f"--weights={spec or 'auto'}: {e} (offline: put {weights_lib.FULL_FILENAME} at "
+      f"{weights_lib.expected_full_path()} or pass --weights=FILE)"
+    ) from None
+  bs = batch_size or config.eval.batch_size
+  extractor = evaluator.InceptionExtractor(w, bs)
+  images = input_pipeline.load_images(config)
+  reference = evaluator.reference_statistics(
+    images,
+    config.data.image_size,
+    extractor,
+    evaluator.describe_reference(config, len(images)),
+  )
+  scores = evaluator.score_generators(
+    sampling.make_generate_fn(generator),
+    state.g_params,
+    state.g_batch_stats,
+    jax.random.PRNGKey(seed),
+    num_samples,
+    config.model.z_dim,
+    extractor,
+    reference,
+    bs,
+  )
+  header = (
+    f"{workdir} checkpoint {which} (step {step}): {num_samples} samples per generator; "
+    f"reference: {reference.description}; Inception: {w.name}"
+  )
+  if not w.has_logits:
+    header += "; IS unavailable: these weights have no classifier logits"
+  return header, scores
+
+
+def main(argv):
+  if len(argv) > 1:
+    cli.fail(f"unexpected arguments: {' '.join(argv[1:])}")
+  header, scores = evaluate_run(
+    FLAGS.workdir, FLAGS.checkpoint, FLAGS.num_samples, FLAGS.weights, FLAGS.batch_size, FLAGS.seed
+  )
+  print(evaluator.format_table(scores, header))
+
+
+if __name__ == "__main__":
+  cli.run(main)

@@ -1,0 +1,299 @@
+"""Batched Inception features on device, reference statistics, per-generator IS and FID.
+
+Choices (also in the README):
+- Generated samples are quantised to uint8 exactly as exported PNGs would be; the real
+  images go through the training preprocessing (resize to `data.image_size`) and the same
+  quantisation, so both sides reach Inception by the same path.
+- IS uses the logits without the classifier bias (as the original IS code and
+  torch-fidelity), 10 splits.
+- The reference statistics are of the whole training set (`data.num_train` images when
+  set) at the training resolution, cached under a key from the images' bytes, the
+  resolution and the weights' sha256.
+"""
+
+import dataclasses
+import hashlib
+import os
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+from tqdm import tqdm
+
+from cgan_jax import input_pipeline, sampling
+from cgan_jax.evaluation import inception, metrics
+from cgan_jax.evaluation import weights as weights_lib
+
+IS_SPLITS = 10
+STATS_FORMAT = 1
+
+
+class InceptionExtractor:
+  """Runs the FID Inception on uint8 images in fixed-size (padded) batches.
+
+  Args:
+    weights: from `weights.load_weights`.
+    batch_size: images per Inception call; a multiple of the device count is sharded.
+  """
+
+  def __init__(self, weights: weights_lib.InceptionWeights, batch_size: int = 200):
+    self.weights = weights
+    self.batch_size = int(batch_size)
+    self.model = inception.InceptionV3(with_logits=weights.has_logits)
+    devices = jax.devices()
+    if self.batch_size % len(devices) == 0 and len(devices) > 1:
+      mesh = jax.sharding.Mesh(np.array(devices), ("data",))
+      self._in_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+      replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    else:
+      self._in_sharding = None
+      replicated = None
+    self.params = jax.device_put(jax.tree.map(jnp.asarray, weights.params), replicated)
+
+    def features(params, images):
+      pool3, _, logits_unbiased = self.model.apply({"params": params}, inception.preprocess(images))
+      return pool3, logits_unbiased
+
+    self._fn = jax.jit(features)
+
+  @property
+  def has_logits(self) -> bool:
+    return self.weights.has_logits
+
+  def __call__(self, images) -> tuple[np.ndarray, np.ndarray | None]:
+    """uint8 [n <= batch_size, h, w, 3] -> (pool3 [n, 2048], logits [n, 1008] | None)."""
+    n = images.shape[0]
+    if n < self.batch_size:
+      pad = jnp.zeros((self.batch_size - n, *images.shape[1:]), images.dtype)
+      images = jnp.concatenate([jnp.asarray(images), pad])
+    if self._in_sharding is not None:
+      images = jax.device_put(images, self._in_sharding)
+    pool3, logits = self._fn(self.params, images)
+    pool3 = np.asarray(pool3[:n])
+    return pool3, (np.asarray(logits[:n]) if logits is not None else None)
+
+  def extract(self, images: np.ndarray, desc: str = "Inception features"):
+    """All of `images` (uint8 [n, h, w, 3]) in batches, with a progress bar."""
+    feats, logits = [], []
+    for start in _progress(range(0, len(images), self.batch_size), desc, len(images), self):
+      f, lg = self(images[start : start + self.batch_size])
+      feats.append(f)
+      if lg is not None:
+        logits.append(lg)
+    return np.concatenate(feats), (np.concatenate(logits) if logits else None)
+
+
+def _progress(it, desc, total_images, extractor):
+  return tqdm(
+    it,
+    desc=desc,
+    unit="batch",
+    total=-(-total_images // extractor.batch_size),
+    file=sys.stderr,
+    leave=False,
+    dynamic_ncols=True,
+  )
+
+
+@dataclasses.dataclass(frozen=True)
+class ReferenceStats:
+  mu: np.ndarray
+  sigma: np.ndarray
+  num_images: int
+  description: str
+
+
+def real_images_at_resolution(images: np.ndarray, image_size: int, batch: int = 1000):
+  """uint8 [n, h, w, 3] -> uint8 [n, image_size, image_size, 3] via the training resize."""
+  if images.shape[1] == image_size:
+    return images
+  resize = jax.jit(lambda x: sampling.to_uint8(input_pipeline.preprocess(x, image_size)))
+  return np.concatenate(
+    [np.asarray(resize(images[i : i + batch])) for i in range(0, len(images), batch)]
+  )
+
+
+def reference_statistics(
+  images: np.ndarray,
+  image_size: int,
+  extractor: InceptionExtractor,
+  description: str,
+  cache: str | None = None,
+) -> ReferenceStats:
+  """Statistics of the real `images` (uint8, native resolution) at `image_size`.
+
+  Cached in `cache` (default `weights.cache_dir()/fid_stats`) under a key made from the
+  images' bytes, `image_size`, the weights' sha256 and the stats format.
+  """
+  h = hashlib.sha256()
+  h.update(np.ascontiguousarray(images).tobytes())
+  h.update(f"|{images.shape}|{image_size}|{extractor.weights.sha256}|{STATS_FORMAT}".encode())
+  key = h.hexdigest()[:24]
+  cache = cache or os.path.join(weights_lib.cache_dir(), "fid_stats")
+  path = os.path.join(cache, f"{key}.npz")
+  if os.path.isfile(path):
+    try:
+      with np.load(path) as z:
+        logging.info("Reference statistics from cache %s.", path)
+        return ReferenceStats(z["mu"], z["sigma"], int(z["num_images"]), str(z["description"]))
+    except (OSError, ValueError, KeyError) as e:
+      logging.warning("Ignoring unreadable reference statistics %s (%s).", path, e)
+  real = real_images_at_resolution(images, image_size)
+  stats = metrics.RunningStats(inception.FEATURE_DIM)
+  bs = extractor.batch_size
+  for start in _progress(range(0, len(real), bs), "Reference statistics", len(real), extractor):
+    stats.update(extractor(real[start : start + bs])[0])
+  ref = ReferenceStats(stats.mu, stats.sigma, stats.count, description)
+  try:
+    os.makedirs(cache, exist_ok=True)
+    tmp = path + ".tmp.npz"
+    np.savez(tmp, mu=ref.mu, sigma=ref.sigma, num_images=ref.num_images, description=description)
+    os.replace(tmp, path)
+  except OSError as e:
+    logging.warning("Could not cache reference statistics at %s: %s", path, e)
+  return ref
+
+
+@dataclasses.dataclass(frozen=True)
+class GeneratorScores:
+  """Scores of one generator. `is_mean`/`is_std` are NaN when IS is unavailable."""
+
+  is_mean: float
+  is_std: float
+  fid: float
+
+
+def score_generators(
+  generate_fn,
+  g_params,
+  g_batch_stats,
+  key: jax.Array,
+  num_samples: int,
+  z_dim: int,
+  extractor: InceptionExtractor,
+  reference: ReferenceStats,
+  batch_size: int,
+) -> list[GeneratorScores]:
+  """IS and FID of every generator on `num_samples` samples each.
+
+  Latents come from `key` in batches of `batch_size` (batch i uses `fold_in(key, i)`);
+  every generator gets the same latents.
+  """
+  probe = generate_fn(g_params, g_batch_stats, sampling.latents(key, 1, z_dim))
+  k = probe.shape[0]
+  stats = [metrics.RunningStats(inception.FEATURE_DIM) for _ in range(k)]
+  logits: list[list[np.ndarray]] = [[] for _ in range(k)]
+  per_call = max(1, extractor.batch_size // k)
+  chunk = min(batch_size, per_call)
+  batches = range(-(-num_samples // chunk))
+  bar = tqdm(
+    batches, desc=f"IS/FID of {k} generator(s)", unit="batch", file=sys.stderr, leave=False
+  )
+  for i in bar:
+    n = min(chunk, num_samples - i * chunk)
+    z = sampling.latents(jax.random.fold_in(key, i), n, z_dim)
+    images = generate_fn(g_params, g_batch_stats, z)  # uint8 [k, n, h, w, 3]
+    feats, lg = extractor(images.reshape(k * n, *images.shape[2:]))
+    for g in range(k):
+      stats[g].update(feats[g * n : (g + 1) * n])
+      if lg is not None:
+        logits[g].append(lg[g * n : (g + 1) * n])
+  scores = []
+  for g in range(k):
+    fid = metrics.frechet_distance(stats[g].mu, stats[g].sigma, reference.mu, reference.sigma)
+    if extractor.has_logits:
+      is_mean, is_std = metrics.inception_score(np.concatenate(logits[g]), IS_SPLITS)
+    else:
+      is_mean = is_std = float("nan")
+    scores.append(GeneratorScores(is_mean, is_std, fid))
+  return scores
+
+
+def format_table(scores: list[GeneratorScores], header: str) -> str:
+  """A plain-text table, one row per generator."""
+  lines = [header, f"{'generator':>9}  {'IS':>16}  {'FID':>9}"]
+  for g, s in enumerate(scores):
+    is_text = "unavailable" if np.isnan(s.is_mean) else f"{s.is_mean:.3f} ± {s.is_std:.3f}"
+    lines.append(f"{'G' + str(g):>9}  {is_text:>16}  {s.fid:9.3f}")
+  return "\n".join(lines)
+
+
+def describe_reference(config, num_images: int) -> str:
+  source = {"tfds": "CIFAR-10 train (tfds)", "cifar_archive": "CIFAR-10 train (archive)"}
+  name = source.get(config.data.source, f"{config.data.source} images")
+  s = config.data.image_size
+  return f"{name}, {num_images} images at {s}x{s}"
+
+
+class TrainingEvaluator:
+  """What `train.py` calls every `eval.every_epochs`; built by `make_training_evaluator`."""
+
+  def __init__(self, config, images: np.ndarray, extractor: InceptionExtractor):
+    self.config = config
+    self.images = images
+    self.extractor = extractor
+    self._reference = None
+
+  @property
+  def selection(self) -> tuple[str, str]:
+    """(metric, mode) of the best checkpoint: best IS over generators, else best FID."""
+    return ("is", "max") if self.extractor.has_logits else ("fid", "min")
+
+  @property
+  def reference(self) -> ReferenceStats:
+    if self._reference is None:
+      self._reference = reference_statistics(
+        self.images,
+        self.config.data.image_size,
+        self.extractor,
+        describe_reference(self.config, len(self.images)),
+      )
+    return self._reference
+
+  def evaluate(self, generate_fn, state, key, num_samples: int) -> list[GeneratorScores]:
+    return score_generators(
+      generate_fn,
+      state.g_params,
+      state.g_batch_stats,
+      key,
+      num_samples,
+      self.config.model.z_dim,
+      self.extractor,
+      self.reference,
+      self.config.eval.batch_size,
+    )
+
+  def header(self, num_samples: int, step: int) -> str:
+    return (
+      f"Step {step}: {num_samples} samples per generator; reference: "
+      f"{self.reference.description}; Inception: {self.extractor.weights.name}"
+    )
+
+
+def make_training_evaluator(config, images: np.ndarray) -> TrainingEvaluator | None:
+  """The evaluator for a run, or None (with the reason logged) when metrics are off."""
+  if not config.eval.enabled:
+    logging.info("IS/FID are off (config.eval.enabled=False).")
+    return None
+  try:
+    weights = weights_lib.load_weights(config.eval.inception_weights)
+  except weights_lib.WeightsUnavailable as e:
+    logging.warning(
+      "IS/FID are off: no Inception weights (%s). To turn them on offline, put %s at %s "
+      "or set config.eval.inception_weights=PATH.",
+      e,
+      weights_lib.FULL_FILENAME,
+      weights_lib.expected_full_path(),
+    )
+    return None
+  if not weights.has_logits:
+    logging.warning(
+      "IS is unavailable: %s has no classifier logits; only FID is computed. For IS, put "
+      "%s at %s or set config.eval.inception_weights=PATH.",
+      weights.name,
+      weights_lib.FULL_FILENAME,
+      weights_lib.expected_full_path(),
+    )
+  return TrainingEvaluator(config, images, InceptionExtractor(weights, config.eval.batch_size))

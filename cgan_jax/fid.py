@@ -1,0 +1,131 @@
+"""FID between two image sets, like pytorch-fid's CLI.
+
+  python -m cgan_jax.fid PATH_A PATH_B [--weights=auto|fid_helper|FILE] [--batch_size=100]
+
+Each path is a folder of images (png/jpg/jpeg/bmp/webp, searched recursively), an `.npz`
+holding `images` (uint8 [N, H, W, 3], or [k, N, H, W, 3] for one score per generator),
+or an `.npz` of statistics (`mu`, `sigma`, e.g. written by `--save_stats`). The last line
+printed is `FID: <value>`. With per-generator sets, one `FID G<i>: <value>` line per
+generator comes first and the last line is the lowest of them (the paper reports the
+best generator).
+"""
+
+import os
+
+import numpy as np
+from absl import flags
+from PIL import Image
+
+from cgan_jax import cli
+from cgan_jax.errors import ConfigError
+from cgan_jax.evaluation import evaluator, metrics
+from cgan_jax.evaluation import weights as weights_lib
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("weights", "auto", "'auto', 'full', 'fid_helper', or a weights file.")
+flags.DEFINE_integer("batch_size", 100, "Inception batch size.")
+flags.DEFINE_string("save_stats", None, "Also write PATH_A's statistics to this .npz.")
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
+
+
+def load_folder(path: str) -> np.ndarray:
+  """uint8 [N, H, W, 3] from every image under `path` (sorted; all the same size)."""
+  files = sorted(
+    os.path.join(root, f)
+    for root, _, names in os.walk(path)
+    for f in names
+    if f.lower().endswith(IMAGE_EXTENSIONS)
+  )
+  if not files:
+    raise ConfigError(f"{path!r} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+  images = [np.asarray(Image.open(f).convert("RGB"), np.uint8) for f in files]
+  shapes = {im.shape for im in images}
+  if len(shapes) > 1:
+    raise ConfigError(f"{path!r}: images differ in size ({sorted(shapes)[:3]}...); resize them")
+  return np.stack(images)
+
+
+def load_set(path: str):
+  """('images', uint8 [k, N, H, W, 3]) or ('stats', (mu, sigma)) for a CLI path."""
+  if os.path.isdir(path):
+    return "images", load_folder(path)[None]
+  if not os.path.isfile(path):
+    raise ConfigError(f"{path!r} is neither a folder of images nor an .npz file")
+  if not path.endswith(".npz"):
+    raise ConfigError(f"{path!r}: expected a folder of images or an .npz file")
+  try:
+    with np.load(path) as z:
+      if "mu" in z.files and "sigma" in z.files:
+        return "stats", (z["mu"], z["sigma"])
+      if "images" not in z.files:
+        raise ConfigError(f"{path!r} holds neither 'images' nor 'mu'/'sigma' (has {z.files})")
+      images = z["images"]
+  except (OSError, ValueError) as e:
+    raise ConfigError(f"{path!r} is not a readable .npz ({e})") from None
+  if images.dtype != np.uint8 or images.ndim not in (4, 5) or images.shape[-1] != 3:
+    raise ConfigError(
+      f"{path!r}: 'images' must be uint8 [N, H, W, 3] or [k, N, H, W, 3], got "
+      f"{images.dtype} {list(images.shape)}"
+    )
+  return "images", images if images.ndim == 5 else images[None]
+
+
+def set_statistics(kind, value, extractor, name):
+  if kind == "stats":
+    return [value]
+  out = []
+  for g, images in enumerate(value):
+    if len(images) < 2:
+      raise ConfigError(f"{name}: FID needs at least 2 images, got {len(images)}")
+    feats, _ = extractor.extract(images, desc=f"{name}" + (f" G{g}" if len(value) > 1 else ""))
+    out.append(metrics.statistics(feats))
+  return out
+
+
+def compute(
+  path_a: str, path_b: str, weights: str = "auto", batch_size: int = 100, save_stats=None
+):
+  """FIDs of every set in `path_a` against `path_b` (a list, one per generator)."""
+  if batch_size < 1:
+    raise ConfigError(f"--batch_size={batch_size} must be >= 1")
+  sets = [load_set(path_a), load_set(path_b)]
+  extractor = None
+  if any(kind == "images" for kind, _ in sets):
+    try:
+      w = weights_lib.load_weights(weights)
+    except weights_lib.WeightsUnavailable as e:
+      raise ConfigError(
+        f"--weights={weights}: {e} (offline: put {weights_lib.FULL_FILENAME} at "
+        f"{weights_lib.expected_full_path()} or pass --weights=FILE)"
+      ) from None
+    print(f"Inception: {w.name}")
+    extractor = evaluator.InceptionExtractor(w, batch_size)
+  stats_a = set_statistics(*sets[0], extractor, os.path.basename(path_a.rstrip("/")))
+  (stats_b,) = _one(sets[1], extractor, path_b)
+  if save_stats:
+    mu, sigma = stats_a[0]
+    np.savez(save_stats, mu=mu, sigma=sigma)
+  return [metrics.frechet_distance(mu, sigma, *stats_b) for mu, sigma in stats_a]
+
+
+def _one(loaded, extractor, path):
+  kind, value = loaded
+  if kind == "images" and len(value) > 1:
+    value = value.reshape(-1, *value.shape[2:])[None]  # all generators pooled as one set
+  return set_statistics(kind, value, extractor, os.path.basename(path.rstrip("/")))
+
+
+def main(argv):
+  if len(argv) != 3:
+    cli.fail("usage: python -m cgan_jax.fid PATH_A PATH_B [--weights=...] [--batch_size=...]")
+  fids = compute(argv[1], argv[2], FLAGS.weights, FLAGS.batch_size, FLAGS.save_stats)
+  if len(fids) > 1:
+    for g, v in enumerate(fids):
+      print(f"FID G{g}: {v:.6f}")
+    print(f"(lowest: G{int(np.argmin(fids))})")
+  print(f"FID: {min(fids):.6f}")
+
+
+if __name__ == "__main__":
+  cli.run(main)
