@@ -33,13 +33,7 @@ def evaluate_run(workdir, which="best", num_samples=50_000, weights=None, batch_
     raise ConfigError(f"--batch_size={batch_size} must be >= 1")
   config, state, step, generator = runs.restore_run(workdir, which)
   spec = weights if weights is not None else config.eval.inception_weights
-  try:
-    w = weights_lib.load_weights(spec)
-  except weights_lib.WeightsUnavailable as e:
-    raise ConfigError(
-      f"--weights={spec or 'auto'}: {e} (offline: put {weights_lib.FULL_FILENAME} at "
-      f"{weights_lib.expected_full_path()} or pass --weights=FILE)"
-    ) from None
+  w = weights_lib.load_weights_for_cli(spec)
   bs = batch_size or config.eval.batch_size
   extractor = evaluator.InceptionExtractor(w, bs)
   images = input_pipeline.load_images(config)

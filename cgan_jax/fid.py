@@ -92,13 +92,7 @@ def compute(
   sets = [load_set(path_a), load_set(path_b)]
   extractor = None
   if any(kind == "images" for kind, _ in sets):
-    try:
-      w = weights_lib.load_weights(weights)
-    except weights_lib.WeightsUnavailable as e:
-      raise ConfigError(
-        f"--weights={weights}: {e} (offline: put {weights_lib.FULL_FILENAME} at "
-        f"{weights_lib.expected_full_path()} or pass --weights=FILE)"
-      ) from None
+    w = weights_lib.load_weights_for_cli(weights)
     print(f"Inception: {w.name}")
     extractor = evaluator.InceptionExtractor(w, batch_size)
   stats_a = set_statistics(*sets[0], extractor, os.path.basename(path_a.rstrip("/")))

@@ -422,6 +422,19 @@ def load_weights(spec: str = "auto", *, allow_download: bool = True) -> Inceptio
   raise WeightsUnavailable("; ".join(reasons))
 
 
+def load_weights_for_cli(spec: str) -> InceptionWeights:
+  """`load_weights` for the CLIs: unavailability becomes a one-line `ConfigError`."""
+  from cgan_jax.errors import ConfigError
+
+  try:
+    return load_weights(spec)
+  except WeightsUnavailable as e:
+    hint = ""
+    if expected_full_path() not in str(e):
+      hint = f" (offline: put {FULL_FILENAME} at {expected_full_path()} or pass --weights=FILE)"
+    raise ConfigError(f"--weights={spec or 'auto'}: {e}{hint}") from None
+
+
 def _load_full(allow_download: bool) -> InceptionWeights:
   dest = expected_full_path()
   if not os.path.isfile(dest):
