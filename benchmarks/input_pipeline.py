@@ -14,8 +14,7 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from cgan_jax import configlib, gates, graph, input_pipeline, parallel, steps
-from cgan_jax import state as state_lib
+from cgan_jax import configlib, input_pipeline, parallel, train
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", "configs/cifar64.py:smoke", "Config.", lock_config=True)
@@ -53,23 +52,8 @@ def main(argv):
   out.block_until_ready()
   input_ips = FLAGS.steps * b / (time.perf_counter() - t0)
 
-  gen, disc = state_lib.make_models(config)
-  tx_g, tx_d = state_lib.make_optimizers(config)
-  st = state_lib.create_train_state(
-    jax.random.PRNGKey(0), config=config, generator=gen, discriminator=disc, tx_g=tx_g, tx_d=tx_d
-  )
-  progress_fn = gates.make_progress_fn(num_epochs=config.num_epochs, steps_per_epoch=100)
-  step = jax.jit(
-    steps.make_train_step(
-      generator=gen,
-      discriminator=disc,
-      tx_g=tx_g,
-      tx_d=tx_d,
-      config=config,
-      progress_fn=progress_fn,
-    )
-  )
-  ga = graph.graph_arrays_from_config(config)
+  t = train.make_training(config, steps_per_epoch=100, init_key=jax.random.PRNGKey(0))
+  step, st, ga = jax.jit(t.train_step), t.state, t.graph
   real = preprocess(next(iter(input_pipeline.EpochBatches(images, b, config.seed, 0))))
   for _ in range(2):
     st, m = step(st, real, ga)

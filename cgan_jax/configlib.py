@@ -56,6 +56,9 @@ def validate_config(config) -> None:
   ema = config.model.ema_decay
   if not isinstance(ema, int | float) or not 0.0 <= ema < 1.0:
     raise ConfigError(f"config.model.ema_decay={ema!r} must be in [0, 1) (0 turns EMA off)")
+  impl = config.model.get("conv_impl", "phase")
+  if impl not in models.CONV_IMPLS:
+    raise choice_error("config.model.conv_impl", impl, models.CONV_IMPLS)
   if config.data.image_size not in models.SUPPORTED_IMAGE_SIZES:
     raise choice_error(
       "config.data.image_size", config.data.image_size, models.SUPPORTED_IMAGE_SIZES

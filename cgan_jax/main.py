@@ -2,6 +2,11 @@
 
 Config fields can be overridden with `--config.x.y=value` (a mistyped field fails).
 Variants go after a colon: `--config=configs/cifar64.py:madgan,smoke`.
+
+Multi-host (GPU clusters, TPU pods): start the same command on every host with
+`--distributed`, which calls `jax.distributed.initialize` before anything touches a
+device. On TPU pods, Slurm and Open MPI it finds its peers by itself; elsewhere pass
+`--coordinator_address=HOST:PORT --num_processes=N --process_id=I`.
 """
 
 import sys
@@ -17,6 +22,31 @@ flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and sample
 config_flags.DEFINE_config_file(
   "config", None, "Config file, e.g. configs/cifar64.py:proposed.", lock_config=True
 )
+flags.DEFINE_bool("distributed", False, "Multi-host: call jax.distributed.initialize first.")
+flags.DEFINE_string("coordinator_address", None, "With --distributed: HOST:PORT of process 0.")
+flags.DEFINE_integer("num_processes", None, "With --distributed: number of processes.")
+flags.DEFINE_integer("process_id", None, "With --distributed: this process's index.")
+
+
+def _initialize_distributed() -> None:
+  explicit = {
+    "coordinator_address": FLAGS.coordinator_address,
+    "num_processes": FLAGS.num_processes,
+    "process_id": FLAGS.process_id,
+  }
+  given = [name for name, value in explicit.items() if value is not None]
+  if not FLAGS.distributed:
+    if given:
+      cli.fail(f"--{given[0]} needs --distributed")
+    return
+  if given and len(given) < 3:
+    missing = sorted(set(explicit) - set(given))
+    cli.fail(f"--distributed with --{given[0]} also needs --{' --'.join(missing)}")
+  if FLAGS.num_processes is not None and not 0 <= FLAGS.process_id < FLAGS.num_processes:
+    cli.fail(
+      f"--process_id={FLAGS.process_id} must be in [0, --num_processes={FLAGS.num_processes})"
+    )
+  jax.distributed.initialize(**explicit)
 
 
 def main(argv):
@@ -26,7 +56,10 @@ def main(argv):
     cli.fail("--config is required, e.g. --config=configs/cifar64.py:smoke")
   if not FLAGS.workdir:
     cli.fail("--workdir is required")
-  logging.info("JAX devices: %s", jax.devices())
+  _initialize_distributed()
+  logging.info(
+    "Process %d of %d; JAX devices: %s", jax.process_index(), jax.process_count(), jax.devices()
+  )
   try:
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   except train.TrainingDiverged as e:

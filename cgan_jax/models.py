@@ -19,7 +19,9 @@ Discriminator (k + 1 logits; index k = "real"):
   for the plain DCGAN baseline, BatchNorm after every convolution but the first.
 
 Transposed convolutions pad by 2 on each side of the dilated input, which equals PyTorch's
-`ConvTranspose2d(kernel_size=4, stride=2, padding=1)`, so the output is exactly 2x.
+`ConvTranspose2d(kernel_size=4, stride=2, padding=1)`, so the output is exactly 2x. They
+are `ConvTranspose2x` layers, computed by default in an exact phase-decomposed (sub-pixel)
+form that is much faster than XLA's transposed convolution on CPU; see `conv_transpose_2x`.
 """
 
 import math
@@ -32,6 +34,7 @@ import jax.numpy as jnp
 SUPPORTED_IMAGE_SIZES = (16, 32, 64, 128)
 D_NORMS = ("spectral", "batch")
 SPECTRAL = "spectral"  # collection of the spectral-norm power-iteration state
+CONV_IMPLS = ("phase", "xla")
 
 Dtype = Any
 
@@ -39,6 +42,223 @@ Dtype = Any
 def num_generator_layers(image_size: int) -> int:
   """Number of generator layers, counting the projection of z and the output layer."""
   return int(math.log2(image_size // 4)) + 1
+
+
+def _interleave_phases(phases: list[list[jax.Array]]) -> jax.Array:
+  """phases[a][b]: [..., h, w, c] -> [..., 2h, 2w, c], out[2j + a, 2i + b] = phases[a][b][j, i]."""
+  rows = [jnp.stack(row, axis=-2) for row in phases]  # [..., h, w, 2(b), c]
+  y = jnp.stack(rows, axis=-4)  # [..., h, 2(a), w, 2(b), c]
+  *lead, h, _, w, _, c = y.shape
+  return y.reshape(*lead, 2 * h, 2 * w, c)
+
+
+def _matmul_2d(x: jax.Array, w: jax.Array) -> jax.Array:
+  """[..., n] @ [n, m] as ONE 2-D matmul, accumulated and returned in float32.
+
+  Flattened because XLA:CPU runs a dot (and its transposes in the gradient) with several
+  contracting axes about 6x slower. float32 so that bf16 inputs lose no accuracy in the
+  tap sums that follow; the caller casts back.
+  """
+  y = jnp.matmul(x.reshape(-1, x.shape[-1]), w, preferred_element_type=jnp.float32)
+  return y.reshape(*x.shape[:-1], w.shape[-1])
+
+
+def _phase_im2col(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  """Input-side form: one matmul of 2x2 patches of the padded input with all 4 phase kernels.
+
+  o[j, i, a, b] = sum_{u, v in {0, 1}} xp[j + u, i + v] @ kernel[2u + a, 2v + b] over the
+  (h + 1) x (w + 1) positions of the input padded by 1, and out[2j + a, 2i + b] = o[j + a,
+  i + b, a, b]. Costs (h + 1)^2 / h^2 of the exact FLOPs, in one large matmul.
+  """
+  *lead, h, w, cin = x.shape
+  cout = kernel.shape[-1]
+  pad = [(0, 0)] * len(lead) + [(1, 1), (1, 1), (0, 0)]
+  xp = jnp.pad(x, pad)
+  patches = jnp.concatenate(
+    [xp[..., u : u + h + 1, v : v + w + 1, :] for u in range(2) for v in range(2)], axis=-1
+  )  # [..., h + 1, w + 1, 4 cin], channel order (u, v, cin)
+  # kernel[2u + a, 2v + b, ci, co] -> [u, v, ci, a, b, co]
+  w_mat = kernel.reshape(2, 2, 2, 2, cin, cout).transpose(0, 2, 4, 1, 3, 5)
+  o = _matmul_2d(patches, w_mat.reshape(4 * cin, 4 * cout))
+  o = o.reshape(*lead, h + 1, w + 1, 2, 2, cout)
+  return _interleave_phases(
+    [[o[..., a : a + h, b : b + w, a, b, :] for b in range(2)] for a in range(2)]
+  )
+
+
+def _phase_col2im(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  """Output-side form: every input pixel times all 16 taps in one exact matmul, then the
+  tap planes are placed by depth-to-space and summed.
+
+  Input pixel i with kernel tap t = 2u + p lands on output row 2i + 2 - t, so for each
+  (u, v) the planes with p, q flipped form, by depth-to-space, an image D_uv with
+  out[r, s] += D_uv[r - 1 + 2u, s - 1 + 2v]: 4 shifted copies, pure data movement.
+  """
+  *lead, h, w, cin = x.shape
+  cout = kernel.shape[-1]
+  n = len(lead)
+  taps = _matmul_2d(x, kernel.transpose(2, 0, 1, 3).reshape(cin, 16 * cout))
+  # [..., h, w, u, 1 - p, v, 1 - q, cout]
+  taps = taps.reshape(*lead, h, w, 2, 2, 2, 2, cout)[..., ::-1, :, ::-1, :]
+  to_image = [*range(n), n, n + 2, n + 1, n + 3, n + 4]  # [..., h, 1 - p, w, 1 - q, c]
+  pad = [(0, 0)] * n + [(1, 1), (1, 1), (0, 0)]
+  out = None
+  for u in range(2):
+    for v in range(2):
+      d = taps[..., u, :, v, :, :].transpose(to_image).reshape(*lead, 2 * h, 2 * w, cout)
+      shifted = jnp.pad(d, pad)[..., 2 * u : 2 * u + 2 * h, 2 * v : 2 * v + 2 * w, :]
+      out = shifted if out is None else out + shifted
+  return out
+
+
+def conv_transpose_2x(x: jax.Array, kernel: jax.Array, impl: str = "phase") -> jax.Array:
+  """4x4, stride-2 transposed convolution whose output is exactly 2x its input.
+
+  Same result as `lax.conv_transpose(x, kernel, (2, 2), ((2, 2), (2, 2)))` (flax's
+  `nn.ConvTranspose` with that padding, i.e. PyTorch's ConvTranspose2d(4, 2, padding=1)).
+
+  Phase decomposition: output row 2j + a only meets kernel rows a and a + 2, at input rows
+  j - 1 + a and j + a, so each of the 4 output phases (a, b) is an ordinary 2x2
+  convolution of the input, padded by 1, with the kernel slice kernel[a::2, b::2]. Both
+  forms below compute these with plain matmuls, which `vmap` over the k generators turns
+  into batched matmuls; XLA's own transposed convolution has a weight gradient that is
+  ~30x slower than PyTorch's on CPU, and its vmap becomes a grouped convolution.
+
+  Args:
+    x: [..., h, w, cin] (any leading axes).
+    kernel: [4, 4, cin, cout], HWIO, not flipped (flax's convention).
+    impl: 'phase' (the decomposition) or 'xla' (`lax.conv_transpose`).
+
+  Returns:
+    [..., 2h, 2w, cout].
+  """
+  if impl == "xla":
+    lead = x.shape[:-3]
+    y = jax.lax.conv_transpose(
+      x.reshape(-1, *x.shape[-3:]),
+      kernel,
+      (2, 2),
+      ((2, 2), (2, 2)),
+      dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    )
+    return y.reshape(*lead, *y.shape[1:])
+  if impl != "phase":
+    raise ValueError(f"impl={impl!r} must be one of {CONV_IMPLS}")
+  h, cin, cout = x.shape[-3], x.shape[-1], kernel.shape[-1]
+  # Measured on CPU, fwd + bwd vmapped over 3 generators (benchmarks/README.md): the
+  # output-side form wins up to 8x8 inputs and for thin outputs (the image layer); the
+  # input-side form wins for 16x16 inputs with many output channels.
+  form = _phase_im2col if h >= 16 and 4 * cout > cin else _phase_col2im
+  return form(x, kernel).astype(jnp.result_type(x, kernel))
+
+
+class ConvTranspose2x(nn.Module):
+  """`conv_transpose_2x` as a layer; parameters named and initialised as nn.ConvTranspose's.
+
+  Attributes:
+    features: output channels.
+    use_bias: add a bias.
+    dtype: computation dtype (parameters stay float32).
+    impl: 'phase' or 'xla' (see `conv_transpose_2x`); they give equal results.
+  """
+
+  features: int
+  use_bias: bool = True
+  dtype: Dtype = jnp.float32
+  impl: str = "phase"
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    kernel = self.param(
+      "kernel", nn.initializers.lecun_normal(), (4, 4, x.shape[-1], self.features), jnp.float32
+    )
+    bias = None
+    if self.use_bias:
+      bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32)
+    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+    y = conv_transpose_2x(x, kernel, self.impl)
+    return y if bias is None else y + bias
+
+
+def _conv_4x4_s2_xla(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  lead = x.shape[:-3]
+  y = jax.lax.conv_general_dilated(
+    x.reshape(-1, *x.shape[-3:]),
+    kernel,
+    (2, 2),
+    ((1, 1), (1, 1)),
+    dimension_numbers=("NHWC", "HWIO", "NHWC"),
+  )
+  return y.reshape(*lead, *y.shape[1:])
+
+
+@jax.custom_vjp
+def _conv_4x4_s2_phase(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  return _conv_4x4_s2_xla(x, kernel)
+
+
+def _conv_4x4_s2_fwd(x, kernel):
+  return _conv_4x4_s2_xla(x, kernel), (x, kernel)
+
+
+def _conv_4x4_s2_bwd(residuals, dy):
+  x, kernel = residuals
+  _, kernel_vjp = jax.vjp(lambda w: _conv_4x4_s2_xla(x, w), kernel)
+  (d_kernel,) = kernel_vjp(dy)
+  # The input gradient of a 4x4 stride-2 pad-1 convolution is the 2x transposed
+  # convolution of dy with the kernel flipped and its in/out channels swapped.
+  w_t = jnp.swapaxes(kernel[::-1, ::-1], 2, 3)
+  dx = conv_transpose_2x(dy, w_t.astype(dy.dtype), "phase")
+  return dx.astype(x.dtype), d_kernel
+
+
+_conv_4x4_s2_phase.defvjp(_conv_4x4_s2_fwd, _conv_4x4_s2_bwd)
+
+
+def conv_4x4_s2(x: jax.Array, kernel: jax.Array, impl: str = "phase") -> jax.Array:
+  """4x4, stride-2, padding-1 convolution (the discriminator's): [..., 2h, 2w, cin] ->
+  [..., h, w, cout], equal to `nn.Conv(cout, (4, 4), strides=2, padding=1)`.
+
+  impl='phase' keeps XLA's forward convolution and weight gradient but computes the input
+  gradient with `conv_transpose_2x` (a custom VJP): XLA:CPU's own input gradient is a
+  dilated convolution that ran at a third of the machine's matmul speed. impl='xla' is
+  plain autodiff of `lax.conv_general_dilated`.
+  """
+  if x.shape[-3] % 2 or x.shape[-2] % 2:
+    raise ValueError(f"conv_4x4_s2 needs an even height and width, got {x.shape}")
+  if impl == "xla":
+    return _conv_4x4_s2_xla(x, kernel)
+  if impl != "phase":
+    raise ValueError(f"impl={impl!r} must be one of {CONV_IMPLS}")
+  return _conv_4x4_s2_phase(x, kernel)
+
+
+class Conv4x4s2(nn.Module):
+  """`conv_4x4_s2` as a layer; parameters named and initialised as nn.Conv's.
+
+  Attributes:
+    features: output channels.
+    use_bias: add a bias.
+    dtype: computation dtype (parameters stay float32).
+    impl: 'phase' or 'xla' (see `conv_4x4_s2`); equal results and gradients.
+  """
+
+  features: int
+  use_bias: bool = True
+  dtype: Dtype = jnp.float32
+  impl: str = "phase"
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    kernel = self.param(
+      "kernel", nn.initializers.lecun_normal(), (4, 4, x.shape[-1], self.features), jnp.float32
+    )
+    bias = None
+    if self.use_bias:
+      bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32)
+    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+    y = conv_4x4_s2(x, kernel, self.impl)
+    return y if bias is None else y + bias
 
 
 class Generator(nn.Module):
@@ -49,12 +269,15 @@ class Generator(nn.Module):
     width: w, channels of the last hidden layer (the first has 8w).
     channels: image channels.
     dtype: computation dtype (parameters stay float32).
+    conv_impl: how the transposed convolutions are computed ('phase' or 'xla'; equal
+      results, see `conv_transpose_2x`).
   """
 
   image_size: int = 64
   width: int = 64
   channels: int = 3
   dtype: Dtype = jnp.float32
+  conv_impl: str = "phase"
 
   @nn.compact
   def __call__(self, z: jax.Array, *, train: bool) -> tuple[jax.Array, list[jax.Array]]:
@@ -70,14 +293,10 @@ class Generator(nn.Module):
     features.append(x)
     for _ in range(n_layers - 2):
       ch //= 2
-      x = nn.ConvTranspose(
-        ch, (4, 4), strides=(2, 2), padding=((2, 2), (2, 2)), use_bias=False, dtype=self.dtype
-      )(x)
+      x = ConvTranspose2x(ch, use_bias=False, dtype=self.dtype, impl=self.conv_impl)(x)
       x = nn.relu(norm()(x))
       features.append(x)
-    x = nn.ConvTranspose(
-      self.channels, (4, 4), strides=(2, 2), padding=((2, 2), (2, 2)), dtype=self.dtype
-    )(x)
+    x = ConvTranspose2x(self.channels, dtype=self.dtype, impl=self.conv_impl)(x)
     image = jnp.tanh(x.astype(jnp.float32))
     features.append(image)
     return image, features
@@ -92,6 +311,8 @@ class Discriminator(nn.Module):
     width: channels of the first convolution.
     norm: 'spectral' (SN on every layer) or 'batch' (BatchNorm, the DCGAN baseline).
     dtype: computation dtype.
+    conv_impl: how the convolutions' input gradients are computed ('phase' or 'xla';
+      equal results, see `conv_4x4_s2`).
   """
 
   k: int = 1
@@ -99,6 +320,7 @@ class Discriminator(nn.Module):
   width: int = 64
   norm: str = "spectral"
   dtype: Dtype = jnp.float32
+  conv_impl: str = "phase"
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
@@ -122,14 +344,7 @@ class Discriminator(nn.Module):
       # A bias right before BatchNorm is cancelled by it (zero gradient up to rounding,
       # which Adam would amplify into noise), so BN convs have none, as in PyTorch's DCGAN.
       batch_norm = self.norm != "spectral" and i > 0
-      conv = nn.Conv(
-        ch,
-        (4, 4),
-        strides=(2, 2),
-        padding=((1, 1), (1, 1)),
-        use_bias=not batch_norm,
-        dtype=self.dtype,
-      )
+      conv = Conv4x4s2(ch, use_bias=not batch_norm, dtype=self.dtype, impl=self.conv_impl)
       if self.norm == "spectral":
         x = sn(conv)(x, update_stats=train)
       else:

@@ -48,7 +48,10 @@ def make_models(config) -> tuple[models.Generator, models.Discriminator]:
   """Builds the generator and discriminator modules of a validated config."""
   dtype = configlib.compute_dtype(config)
   generator = models.Generator(
-    image_size=config.data.image_size, width=config.model.g_width, dtype=dtype
+    image_size=config.data.image_size,
+    width=config.model.g_width,
+    dtype=dtype,
+    conv_impl=config.model.get("conv_impl", "phase"),
   )
   discriminator = models.Discriminator(
     k=config.model.k,
@@ -56,6 +59,7 @@ def make_models(config) -> tuple[models.Generator, models.Discriminator]:
     width=config.model.d_width,
     norm=configlib.d_norm(config),
     dtype=dtype,
+    conv_impl=config.model.get("conv_impl", "phase"),
   )
   return generator, discriminator
 

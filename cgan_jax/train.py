@@ -8,6 +8,8 @@ resuming from the newest readable checkpoint in the workdir.
 import json
 import os
 import signal
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import ml_collections
@@ -36,6 +38,58 @@ STRUCTURAL_FIELDS = (
   "train.batch_size",
   "train.d_update",
 )
+
+
+class Training(NamedTuple):
+  """Everything a step needs, built from a config by `make_training`.
+
+  Attributes:
+    generator, discriminator: the modules.
+    tx_g, tx_d: the optimizers.
+    state: the initial `GANState` (host-local, not yet placed on a mesh).
+    train_step: pure train_step(state, real [b, s, s, 3] in [-1, 1], graph) ->
+      (state, metrics), not yet jitted (see `steps.make_train_step`).
+    graph: the config's `GraphArrays` (gate choices and alpha as arrays).
+  """
+
+  generator: Any
+  discriminator: Any
+  tx_g: Any
+  tx_d: Any
+  state: state_lib.GANState
+  train_step: Callable
+  graph: graph_lib.GraphArrays
+
+
+def make_training(config, *, steps_per_epoch: int, init_key: jax.Array) -> Training:
+  """Models, optimizers, initial state, step and graph of a validated config.
+
+  The one place they are put together: the training loop, the tests and the benchmarks
+  all call this, so they time and test exactly what `train_and_evaluate` runs.
+
+  Args:
+    config: a validated config.
+    steps_per_epoch: sets the gates' progress (progress is per epoch by default).
+    init_key: key for the parameters and the loop key.
+  """
+  generator, discriminator = state_lib.make_models(config)
+  tx_g, tx_d = state_lib.make_optimizers(config)
+  state = state_lib.create_train_state(
+    init_key, config=config, generator=generator, discriminator=discriminator, tx_g=tx_g, tx_d=tx_d
+  )
+  progress_fn = gates_lib.make_progress_fn(
+    num_epochs=config.num_epochs, steps_per_epoch=steps_per_epoch, mode=config.graph.progress
+  )
+  train_step = steps.make_train_step(
+    generator=generator,
+    discriminator=discriminator,
+    tx_g=tx_g,
+    tx_d=tx_d,
+    config=config,
+    progress_fn=progress_fn,
+  )
+  graph = graph_lib.graph_arrays_from_config(config)
+  return Training(generator, discriminator, tx_g, tx_d, state, train_step, graph)
 
 
 class TrainingDiverged(RuntimeError):
@@ -172,15 +226,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   writer = _make_writer(workdir)
   writer.write_hparams(_flatten_hparams(config))
 
-  generator, discriminator = state_lib.make_models(config)
-  tx_g, tx_d = state_lib.make_optimizers(config)
+  spe = input_pipeline.steps_per_epoch(len(images), config.train.batch_size)
+  total_steps = spe * config.num_epochs
   root = jax.random.PRNGKey(config.seed)
   init_key, eval_key = jax.random.split(root)
   replicated = parallel.replicated(mesh)
-  state = state_lib.create_train_state(
-    init_key, config=config, generator=generator, discriminator=discriminator, tx_g=tx_g, tx_d=tx_d
-  )
-  state = jax.device_put(state, replicated)
+  training = make_training(config, steps_per_epoch=spe, init_key=init_key)
+  generator, step_fn = training.generator, training.train_step
+  state = jax.device_put(training.state, replicated)
 
   evaluator = evaluator_lib.make_training_evaluator(config, images)
   best_manager = None
@@ -193,26 +246,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
     state, last_good = restored
     logging.info("Resumed from step %d in %s", last_good, workdir)
 
-  spe = input_pipeline.steps_per_epoch(len(images), config.train.batch_size)
-  total_steps = spe * config.num_epochs
-  progress_fn = gates_lib.make_progress_fn(
-    num_epochs=config.num_epochs, steps_per_epoch=spe, mode=config.graph.progress
-  )
-  step_fn = steps.make_train_step(
-    generator=generator,
-    discriminator=discriminator,
-    tx_g=tx_g,
-    tx_d=tx_d,
-    config=config,
-    progress_fn=progress_fn,
-  )
   image_size = config.data.image_size
 
   def step_on_raw(state, raw, graph):
     return step_fn(state, input_pipeline.preprocess(raw, image_size), graph)
 
   train_step = jax.jit(step_on_raw, donate_argnums=(0,))
-  graph = jax.device_put(graph_lib.graph_arrays_from_config(config), replicated)
+  graph = jax.device_put(training.graph, replicated)
   generate_fn = sampling.make_generate_fn(generator)
   grid_z = sampling.latents(
     jax.random.fold_in(eval_key, 0), config.eval.num_grid, config.model.z_dim

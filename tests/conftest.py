@@ -6,8 +6,7 @@ import pathlib
 import jax
 import pytest
 
-from cgan_jax import configlib, gates, graph, steps
-from cgan_jax import state as state_lib
+from cgan_jax import configlib, train
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CIFAR_ARCHIVE = ROOT.parent / "shared" / "data" / "cifar-10-python.tar.gz"
@@ -36,29 +35,9 @@ def tiny_config(variants: str = "proposed", **overrides):
 
 
 def build(config, seed: int = 0):
-  """(state, jitted step, graph arrays, modules) for a config."""
-  gen, disc = state_lib.make_models(config)
-  tx_g, tx_d = state_lib.make_optimizers(config)
-  st = state_lib.create_train_state(
-    jax.random.PRNGKey(seed),
-    config=config,
-    generator=gen,
-    discriminator=disc,
-    tx_g=tx_g,
-    tx_d=tx_d,
-  )
-  progress_fn = gates.make_progress_fn(
-    num_epochs=config.num_epochs, steps_per_epoch=4, mode=config.graph.progress
-  )
-  step = steps.make_train_step(
-    generator=gen,
-    discriminator=disc,
-    tx_g=tx_g,
-    tx_d=tx_d,
-    config=config,
-    progress_fn=progress_fn,
-  )
-  return st, step, graph.graph_arrays_from_config(config), (gen, disc)
+  """(state, step (pure, not jitted), graph arrays, (generator, discriminator)) for a config."""
+  t = train.make_training(config, steps_per_epoch=4, init_key=jax.random.PRNGKey(seed))
+  return t.state, t.train_step, t.graph, (t.generator, t.discriminator)
 
 
 def real_batch(config, seed: int = 1):

@@ -32,6 +32,7 @@ monitoring.register_event_duration_secs_listener(
     ("num_epochs", 0, r"config.num_epochs=0 must be an integer >= 1"),
     ("data.source", "imagenet", r"config.data.source='imagenet' is not allowed"),
     ("dtype", "float16", r"config.dtype='float16' is not allowed"),
+    ("model.conv_impl", "fft", r"config.model.conv_impl='fft' is not allowed"),
   ],
 )
 def test_bad_field_one_line_error_before_compiling(field, value, match):

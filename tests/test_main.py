@@ -103,6 +103,19 @@ def _corrupt_archive(tmp_path):
       {},
       "config.graph.gates_d: unknown gate 'sometimes'",
     ),
+    ("process id alone", ["--process_id=1"], {}, "--process_id needs --distributed"),
+    (
+      "partial multi-host",
+      ["--distributed", "--coordinator_address=10.0.0.1:1234"],
+      {},
+      "also needs --num_processes --process_id",
+    ),
+    (
+      "process id range",
+      ["--distributed", "--coordinator_address=h:1", "--num_processes=2", "--process_id=2"],
+      {},
+      "--process_id=2 must be in [0, --num_processes=2)",
+    ),
   ],
 )
 def test_bad_input_exits_2_with_one_line_and_leaves_workdir(

@@ -103,8 +103,8 @@ def test_spectral_norm_converges_to_largest_singular_value():
     spectral = apply(spectral)
   params = variables["params"]
   kernels = {
-    "SpectralNorm_0": params["Conv_0"]["kernel"],
-    "SpectralNorm_1": params["Conv_1"]["kernel"],
+    "SpectralNorm_0": params["Conv4x4s2_0"]["kernel"],
+    "SpectralNorm_1": params["Conv4x4s2_1"]["kernel"],
     "SpectralNorm_2": params["Dense_0"]["kernel"],
   }
   sigmas = _sigma_by_layer(spectral)
@@ -139,3 +139,172 @@ def test_conv_transpose_doubles_like_pytorch_padding_1():
     for j in range(3):
       full[2 * i : 2 * i + 4, 2 * j : 2 * j + 4] += xs[i, j] * wt
   np.testing.assert_allclose(y, full[1:-1, 1:-1], rtol=1e-5, atol=1e-5)
+
+
+def _plain_conv_transpose(x, kernel):
+  """The layer as flax defines it: nn.ConvTranspose, 4x4, stride 2, padding 2."""
+  layer = nn.ConvTranspose(
+    kernel.shape[-1], (4, 4), strides=(2, 2), padding=((2, 2), (2, 2)), use_bias=False
+  )
+  return layer.apply({"params": {"kernel": kernel}}, x)
+
+
+# (h, cin, cout): both phase forms (im2col: h >= 16 and 4 cout > cin; col2im otherwise),
+# odd sizes, 1x1 inputs and non-square inputs.
+CT_SHAPES = [
+  (1, 3, 5),
+  (2, 4, 8),
+  (4, 16, 8),
+  (3, 5, 7),
+  (8, 8, 16),
+  (16, 6, 6),
+  (17, 5, 7),
+  (16, 16, 3),
+]
+
+
+@pytest.mark.parametrize("h,cin,cout", CT_SHAPES)
+def test_phase_conv_transpose_equals_plain_form(h, cin, cout):
+  kx, kk, kg = jax.random.split(jax.random.PRNGKey(h * 100 + cin), 3)
+  x = jax.random.normal(kx, (2, h, h + 1, cin))  # non-square too
+  kernel = jax.random.normal(kk, (4, 4, cin, cout))
+  want = _plain_conv_transpose(x, kernel)
+  assert want.shape == (2, 2 * h, 2 * h + 2, cout)
+  for impl in models.CONV_IMPLS:
+    got = models.conv_transpose_2x(x, kernel, impl)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(jnp.abs(want).max()))
+  # gradients with respect to the input and the kernel (what the XLA form is slow at)
+  g = jax.random.normal(kg, want.shape)
+
+  def grads(fn):
+    return jax.grad(lambda x, w: jnp.sum(fn(x, w) * g), argnums=(0, 1))(x, kernel)
+
+  want_g = grads(_plain_conv_transpose)
+  got_g = grads(lambda x, w: models.conv_transpose_2x(x, w, "phase"))
+  for a, b in zip(got_g, want_g, strict=True):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * float(jnp.abs(b).max()))
+
+
+def test_phase_conv_transpose_under_vmap_over_generators():
+  """vmap over stacked kernels ([k, ...], as in the generator update) == a Python loop."""
+  x = jax.random.normal(jax.random.PRNGKey(0), (3, 2, 4, 4, 16))
+  kernels = jax.random.normal(jax.random.PRNGKey(1), (3, 4, 4, 16, 8))
+  got = jax.vmap(models.conv_transpose_2x)(x, kernels)
+  for i in range(3):
+    np.testing.assert_allclose(
+      got[i], _plain_conv_transpose(x[i], kernels[i]), rtol=1e-5, atol=1e-4
+    )
+
+
+def test_conv_transpose_layer_matches_flax_layer_params_and_output():
+  """Same parameter names, shapes and init distribution as nn.ConvTranspose; same output."""
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 4, 4, 32))
+  ours = models.ConvTranspose2x(16)
+  flax_layer = nn.ConvTranspose(16, (4, 4), strides=(2, 2), padding=((2, 2), (2, 2)))
+  p = ours.init(jax.random.PRNGKey(1), x)
+  q = flax_layer.init(jax.random.PRNGKey(1), x)
+  assert jax.tree.map(jnp.shape, p) == jax.tree.map(jnp.shape, q)
+  # lecun_normal over fan_in = 4 * 4 * 32: std 1 / sqrt(512)
+  np.testing.assert_allclose(float(jnp.std(p["params"]["kernel"])), 512**-0.5, rtol=0.1)
+  p = {"params": {**p["params"], "bias": jnp.arange(16.0)}}
+  for impl in models.CONV_IMPLS:
+    np.testing.assert_allclose(
+      models.ConvTranspose2x(16, impl=impl).apply(p, x), flax_layer.apply(p, x), atol=1e-5
+    )
+
+
+def _generator_grads(impl, dtype, variables, z):
+  gen = models.Generator(image_size=32, width=8, dtype=dtype, conv_impl=impl)
+
+  def loss(params):
+    (img, feats), _ = gen.apply(
+      {**variables, "params": params}, z, train=True, mutable=["batch_stats"]
+    )
+    return jnp.mean(jnp.square(img)) + jnp.mean(feats[2].astype(jnp.float32)), (img, feats)
+
+  return jax.grad(loss, has_aux=True)(variables["params"])
+
+
+def test_generator_phase_and_xla_forms_agree():
+  """Whole generator, both forms, same parameters: images, features and gradients."""
+  z = jax.random.normal(jax.random.PRNGKey(0), (4, 100))
+  variables = models.Generator(image_size=32, width=8).init(jax.random.PRNGKey(1), z, train=False)
+  xla_variables = models.Generator(image_size=32, width=8, conv_impl="xla").init(
+    jax.random.PRNGKey(1), z, train=False
+  )
+  assert jax.tree.structure(variables) == jax.tree.structure(xla_variables)
+  (g1, (img1, f1)) = _generator_grads("phase", jnp.float32, variables, z)
+  (g2, (img2, f2)) = _generator_grads("xla", jnp.float32, variables, z)
+  np.testing.assert_allclose(img1, img2, atol=1e-5)
+  for a, b in zip(f1, f2, strict=True):
+    np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2), strict=True):
+    np.testing.assert_allclose(a, b, atol=1e-5 * float(jnp.abs(b).max()) + 1e-7, rtol=1e-5)
+
+
+def test_generator_phase_form_in_bfloat16_is_as_accurate_as_xla_form():
+  """bf16 gradients of both forms sit at the same distance from the float32 ones."""
+  z = jax.random.normal(jax.random.PRNGKey(0), (4, 100))
+  variables = models.Generator(image_size=32, width=8).init(jax.random.PRNGKey(1), z, train=False)
+  ref, _ = _generator_grads("phase", jnp.float32, variables, z)
+  phase, (img, _) = _generator_grads("phase", jnp.bfloat16, variables, z)
+  xla, _ = _generator_grads("xla", jnp.bfloat16, variables, z)
+  assert img.dtype == jnp.float32 and bool(jnp.isfinite(img).all())
+
+  def rel(a, b):
+    return float(jnp.linalg.norm(a - b) / jnp.linalg.norm(b))
+
+  for p, x, r in zip(
+    jax.tree.leaves(phase), jax.tree.leaves(xla), jax.tree.leaves(ref), strict=True
+  ):
+    assert p.dtype == jnp.float32
+    assert rel(p, r) <= 1.1 * rel(x, r) + 5e-3
+
+
+@pytest.mark.parametrize("side,cin,cout", [(4, 3, 5), (8, 6, 4), (16, 3, 8), (6, 4, 4)])
+def test_discriminator_conv_phase_gradient_equals_autodiff(side, cin, cout):
+  """conv_4x4_s2's custom VJP (input gradient by conv_transpose_2x) == plain autodiff."""
+  kx, kk, kg = jax.random.split(jax.random.PRNGKey(side + cin), 3)
+  x = jax.random.normal(kx, (3, side, side + 2, cin))
+  kernel = jax.random.normal(kk, (4, 4, cin, cout))
+  layer = nn.Conv(cout, (4, 4), strides=(2, 2), padding=((1, 1), (1, 1)), use_bias=False)
+  want = layer.apply({"params": {"kernel": kernel}}, x)
+  g = jax.random.normal(kg, want.shape)
+  for impl in models.CONV_IMPLS:
+    got = models.conv_4x4_s2(x, kernel, impl)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+    grads = jax.grad(lambda x, w, i=impl: jnp.sum(models.conv_4x4_s2(x, w, i) * g), (0, 1))(
+      x, kernel
+    )
+    want_g = jax.grad(lambda x, w: jnp.sum(layer.apply({"params": {"kernel": w}}, x) * g), (0, 1))(
+      x, kernel
+    )
+    for a, b in zip(grads, want_g, strict=True):
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * float(jnp.abs(b).max()))
+  # under vmap over stacked images (the generator update) and inside a spectral-norm wrap
+  batched = jax.vmap(jax.grad(lambda x: jnp.sum(models.conv_4x4_s2(x, kernel) ** 2)))(
+    jnp.stack([x, 2 * x])
+  )
+  np.testing.assert_allclose(
+    batched[1],
+    jax.grad(lambda x: jnp.sum(layer.apply({"params": {"kernel": kernel}}, x) ** 2))(2 * x),
+    rtol=1e-5,
+    atol=1e-3,
+  )
+
+
+def test_discriminator_phase_and_xla_forms_agree_with_spectral_norm():
+  x = jax.random.normal(jax.random.PRNGKey(0), (4, 32, 32, 3))
+  phase = models.Discriminator(k=2, image_size=32, width=8)
+  xla = models.Discriminator(k=2, image_size=32, width=8, conv_impl="xla")
+  variables = phase.init(jax.random.PRNGKey(1), x, train=False)
+
+  def grads(disc):
+    def loss(p, x):
+      logits, _ = disc.apply({**variables, "params": p}, x, train=True, mutable=["spectral"])
+      return jnp.sum(jax.nn.log_softmax(logits)[:, 0])
+
+    return jax.grad(loss, argnums=(0, 1))(variables["params"], x)
+
+  for a, b in zip(jax.tree.leaves(grads(phase)), jax.tree.leaves(grads(xla)), strict=True):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * float(jnp.abs(b).max()) + 1e-8)

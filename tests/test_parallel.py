@@ -40,7 +40,10 @@ for variants, extra in CASES:
   for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(four)):
     a, b = np.asarray(a), np.asarray(b)
     if a.dtype.kind == "f":
-      np.testing.assert_allclose(b, a, rtol=2e-5, atol=2e-6)
+      # atol: a tenth of one Adam step (lr 2e-4). Adam divides by sqrt(v), so where a
+      # gradient is near zero, reduction-order rounding moves a parameter by up to ~1e-5;
+      # per-device (not global) BatchNorm statistics would move it by ~lr per step.
+      np.testing.assert_allclose(b, a, rtol=2e-5, atol=2e-5)
       worst = max(worst, float(np.max(np.abs(a - b), initial=0.0)))
     else:
       np.testing.assert_array_equal(a, b)

@@ -1,0 +1,80 @@
+"""The PyTorch side of benchmarks/step_vs_pytorch.py is the same model and step as ours."""
+
+import functools
+import importlib.util
+import math
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from .conftest import ROOT, build
+
+torch = pytest.importorskip("torch")
+
+
+@functools.cache
+def _load_benchmark():
+  spec = importlib.util.spec_from_file_location(
+    "step_vs_pytorch", ROOT / "benchmarks" / "step_vs_pytorch.py"
+  )
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def _count(tree) -> int:
+  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
+
+
+@pytest.mark.parametrize("k,size,transfer", [(1, 16, "image"), (2, 32, "feature_output_side")])
+def test_torch_models_have_our_layer_shapes(k, size, transfer):
+  bench = _load_benchmark()
+  config = bench.jax_config(k, size, 8, transfer)
+  config.model.g_width = config.model.d_width = 8
+  state, *_ = build(config)
+  gens, disc = bench.torch_models(config, "cpu")
+  assert len(gens) == k
+  # every generator: same parameter count as one slice of our stacked [k, ...] pytree
+  assert sum(p.numel() for p in gens[0].parameters()) == _count(state.g_params) // k
+  assert sum(p.numel() for p in disc.parameters()) == _count(state.d_params)
+  # same image and feature shapes (NCHW vs NHWC)
+  image, feats = gens[0](torch.randn(4, config.model.z_dim))
+  assert tuple(image.shape) == (4, 3, size, size)
+  assert disc(image).shape == (4, k + 1)
+  assert [tuple(f.shape[2:]) for f in feats] == [(4 * 2**m,) * 2 for m in range(len(feats))]
+
+
+def test_torch_step_runs_and_updates_every_generator():
+  bench = _load_benchmark()
+  config = bench.jax_config(2, 16, 8, "image")
+  config.model.g_width = config.model.d_width = 8
+  torch.manual_seed(0)
+  step, gens, disc = bench.make_torch_step(config, "cpu", compile_modules=False)
+  before = [[p.detach().clone() for p in m.parameters()] for m in [*gens, disc]]
+  real = torch.rand(8, 3, 16, 16) * 2 - 1
+  loss = step(real)
+  assert math.isfinite(float(loss))
+  for old, m in zip(before, [*gens, disc], strict=True):
+    assert all(not torch.equal(a, b) for a, b in zip(old, m.parameters(), strict=True))
+
+
+def test_benchmark_cli_prints_table_and_ratio_line():
+  cmd = [
+    sys.executable,
+    "benchmarks/step_vs_pytorch.py",
+    "--k=2",
+    "--image_size=16",
+    "--batch_size=8",
+    "--steps=1",
+    "--warmup=1",
+    "--notorch_compile",
+  ]
+  out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-2000:]
+  lines = out.stdout.strip().splitlines()
+  assert any(line.startswith("| 2 | 16 | 8 |") for line in lines)
+  assert lines[-1].startswith("torch/jax step time ratio: ")
+  assert float(lines[-1].split(": ")[1]) > 0
