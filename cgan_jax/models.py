@@ -152,20 +152,23 @@ def conv_transpose_2x(x: jax.Array, kernel: jax.Array, impl: str = "phase") -> j
   return form(x, kernel).astype(jnp.result_type(x, kernel))
 
 
-class ConvTranspose2x(nn.Module):
-  """`conv_transpose_2x` as a layer; parameters named and initialised as nn.ConvTranspose's.
+class _Conv4x4(nn.Module):
+  """A 4x4 kernel layer, parameters named and initialised as nn.Conv / nn.ConvTranspose's.
 
   Attributes:
     features: output channels.
     use_bias: add a bias.
     dtype: computation dtype (parameters stay float32).
-    impl: 'phase' or 'xla' (see `conv_transpose_2x`); they give equal results.
+    impl: 'phase' or 'xla'; equal results and gradients.
   """
 
   features: int
   use_bias: bool = True
   dtype: Dtype = jnp.float32
   impl: str = "phase"
+
+  def op(self, x: jax.Array, kernel: jax.Array) -> jax.Array:
+    raise NotImplementedError
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -176,8 +179,15 @@ class ConvTranspose2x(nn.Module):
     if self.use_bias:
       bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32)
     x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
-    y = conv_transpose_2x(x, kernel, self.impl)
+    y = self.op(x, kernel)
     return y if bias is None else y + bias
+
+
+class ConvTranspose2x(_Conv4x4):
+  """`conv_transpose_2x` as a layer (the generator's); see `_Conv4x4` for attributes."""
+
+  def op(self, x, kernel):
+    return conv_transpose_2x(x, kernel, self.impl)
 
 
 def _conv_4x4_s2_xla(x: jax.Array, kernel: jax.Array) -> jax.Array:
@@ -233,32 +243,11 @@ def conv_4x4_s2(x: jax.Array, kernel: jax.Array, impl: str = "phase") -> jax.Arr
   return _conv_4x4_s2_phase(x, kernel)
 
 
-class Conv4x4s2(nn.Module):
-  """`conv_4x4_s2` as a layer; parameters named and initialised as nn.Conv's.
+class Conv4x4s2(_Conv4x4):
+  """`conv_4x4_s2` as a layer (the discriminator's); see `_Conv4x4` for attributes."""
 
-  Attributes:
-    features: output channels.
-    use_bias: add a bias.
-    dtype: computation dtype (parameters stay float32).
-    impl: 'phase' or 'xla' (see `conv_4x4_s2`); equal results and gradients.
-  """
-
-  features: int
-  use_bias: bool = True
-  dtype: Dtype = jnp.float32
-  impl: str = "phase"
-
-  @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    kernel = self.param(
-      "kernel", nn.initializers.lecun_normal(), (4, 4, x.shape[-1], self.features), jnp.float32
-    )
-    bias = None
-    if self.use_bias:
-      bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32)
-    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
-    y = conv_4x4_s2(x, kernel, self.impl)
-    return y if bias is None else y + bias
+  def op(self, x, kernel):
+    return conv_4x4_s2(x, kernel, self.impl)
 
 
 class Generator(nn.Module):
