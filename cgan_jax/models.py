@@ -44,6 +44,18 @@ def num_generator_layers(image_size: int) -> int:
   return int(math.log2(image_size // 4)) + 1
 
 
+def _lax_conv_nhwc(conv, x: jax.Array, kernel: jax.Array, padding: int) -> jax.Array:
+  """A stride-2 `lax` convolution (or transposed one) of x [..., h, w, c], any leading axes."""
+  y = conv(
+    x.reshape(-1, *x.shape[-3:]),
+    kernel,
+    (2, 2),
+    ((padding, padding), (padding, padding)),
+    dimension_numbers=("NHWC", "HWIO", "NHWC"),
+  )
+  return y.reshape(*x.shape[:-3], *y.shape[1:])
+
+
 def _interleave_phases(phases: list[list[jax.Array]]) -> jax.Array:
   """phases[a][b]: [..., h, w, c] -> [..., 2h, 2w, c], out[2j + a, 2i + b] = phases[a][b][j, i]."""
   rows = [jnp.stack(row, axis=-2) for row in phases]  # [..., h, w, 2(b), c]
@@ -133,15 +145,7 @@ def conv_transpose_2x(x: jax.Array, kernel: jax.Array, impl: str = "phase") -> j
     [..., 2h, 2w, cout].
   """
   if impl == "xla":
-    lead = x.shape[:-3]
-    y = jax.lax.conv_transpose(
-      x.reshape(-1, *x.shape[-3:]),
-      kernel,
-      (2, 2),
-      ((2, 2), (2, 2)),
-      dimension_numbers=("NHWC", "HWIO", "NHWC"),
-    )
-    return y.reshape(*lead, *y.shape[1:])
+    return _lax_conv_nhwc(jax.lax.conv_transpose, x, kernel, padding=2)
   if impl != "phase":
     raise ValueError(f"impl={impl!r} must be one of {CONV_IMPLS}")
   h, cin, cout = x.shape[-3], x.shape[-1], kernel.shape[-1]
@@ -191,15 +195,7 @@ class ConvTranspose2x(_Conv4x4):
 
 
 def _conv_4x4_s2_xla(x: jax.Array, kernel: jax.Array) -> jax.Array:
-  lead = x.shape[:-3]
-  y = jax.lax.conv_general_dilated(
-    x.reshape(-1, *x.shape[-3:]),
-    kernel,
-    (2, 2),
-    ((1, 1), (1, 1)),
-    dimension_numbers=("NHWC", "HWIO", "NHWC"),
-  )
-  return y.reshape(*lead, *y.shape[1:])
+  return _lax_conv_nhwc(jax.lax.conv_general_dilated, x, kernel, padding=1)
 
 
 @jax.custom_vjp
