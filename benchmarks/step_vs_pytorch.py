@@ -61,13 +61,14 @@ def time_jax(config, steps: int, warmup: int) -> dict:
   """Compile time, cost-analysis FLOPs and steady-state seconds per step of the JAX step."""
   mesh = parallel.make_mesh()
   t = train.make_training(config, steps_per_epoch=100, init_key=jax.random.PRNGKey(0))
-  state = jax.device_put(t.state, parallel.replicated(mesh))
+  shardings = parallel.state_sharding(t.state, mesh)
+  state = jax.device_put(t.state, shardings)
   graph = jax.device_put(t.graph, parallel.replicated(mesh))
   s, b = config.data.image_size, config.train.batch_size
   real = jax.random.uniform(jax.random.PRNGKey(1), (b, s, s, 3), minval=-1.0, maxval=1.0)
   real = jax.device_put(real, parallel.data_sharding(mesh))
   t0 = time.perf_counter()
-  compiled = jax.jit(t.train_step, donate_argnums=(0,)).lower(state, real, graph).compile()
+  compiled = parallel.shard_step(t.train_step, shardings).lower(state, real, graph).compile()
   compile_s = time.perf_counter() - t0
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, list | tuple) else cost

@@ -69,6 +69,13 @@ def validate_config(config) -> None:
     raise choice_error("config.data.source", config.data.source, DATA_SOURCES)
   _check_int("config.num_epochs", config.num_epochs, 1)
   _check_int("config.train.batch_size", config.train.batch_size, 1)
+  gen = config.train.get("gen_devices", 1)
+  _check_int("config.train.gen_devices", gen, 1)
+  if k % gen:
+    raise ConfigError(
+      f"config.train.gen_devices={gen} must divide config.model.k={k} (the generators are "
+      "split evenly over the devices)"
+    )
   if config.train.d_update not in D_UPDATES:
     raise choice_error("config.train.d_update", config.train.d_update, D_UPDATES)
   for name in ("g_lr", "d_lr"):

@@ -86,9 +86,13 @@ def _phase_im2col(x: jax.Array, kernel: jax.Array) -> jax.Array:
   cout = kernel.shape[-1]
   pad = [(0, 0)] * len(lead) + [(1, 1), (1, 1), (0, 0)]
   xp = jnp.pad(x, pad)
-  patches = jnp.concatenate(
-    [xp[..., u : u + h + 1, v : v + w + 1, :] for u in range(2) for v in range(2)], axis=-1
-  )  # [..., h + 1, w + 1, 4 cin], channel order (u, v, cin)
+  # [..., h + 1, w + 1, 4 cin], channel order (u, v, cin). A sum of channel-padded views:
+  # one fused loop that ran 2x faster than XLA:CPU's concatenate of the same views.
+  channel_pad = [(0, 0)] * (len(lead) + 2)
+  patches = sum(
+    jnp.pad(xp[..., u : u + h + 1, v : v + w + 1, :], channel_pad + [(i * cin, (3 - i) * cin)])
+    for i, (u, v) in enumerate(((0, 0), (0, 1), (1, 0), (1, 1)))
+  )
   # kernel[2u + a, 2v + b, ci, co] -> [u, v, ci, a, b, co]
   w_mat = kernel.reshape(2, 2, 2, 2, cin, cout).transpose(0, 2, 4, 1, 3, 5)
   o = _matmul_2d(patches, w_mat.reshape(4 * cin, 4 * cout))

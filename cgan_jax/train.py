@@ -216,8 +216,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
     TrainingDiverged: a loss became non-finite; the last good checkpoint stays.
   """
   configlib.validate_config(config)
-  mesh = parallel.make_mesh()
-  parallel.check_batch_size(config.train.batch_size, mesh)
+  mesh = parallel.make_mesh(gen=config.train.get("gen_devices", 1))
+  parallel.check_mesh(config, mesh)
   check_workdir(workdir, config)
   images = input_pipeline.load_images(config)
 
@@ -233,7 +233,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   replicated = parallel.replicated(mesh)
   training = make_training(config, steps_per_epoch=spe, init_key=init_key)
   generator, step_fn = training.generator, training.train_step
-  state = jax.device_put(training.state, replicated)
+  state = jax.device_put(training.state, parallel.state_sharding(training.state, mesh))
 
   evaluator = evaluator_lib.make_training_evaluator(config, images)
   best_manager = None
@@ -251,7 +251,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   def step_on_raw(state, raw, graph):
     return step_fn(state, input_pipeline.preprocess(raw, image_size), graph)
 
-  train_step = jax.jit(step_on_raw, donate_argnums=(0,))
+  train_step = parallel.shard_step(step_on_raw, parallel.state_sharding(training.state, mesh))
   graph = jax.device_put(training.graph, replicated)
   generate_fn = sampling.make_generate_fn(generator)
   grid_z = sampling.latents(

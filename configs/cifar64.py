@@ -53,6 +53,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.train = ml_collections.ConfigDict()
   c.train.batch_size = 256
   c.train.d_update = "paper"
+  # Devices on the mesh's 'gen' axis: > 1 splits the k generators over that many device
+  # groups (must divide k and the device count); 1 replicates them (data parallel only).
+  c.train.gen_devices = 1
   c.train.log_every_steps = 50
 
   c.data = ml_collections.ConfigDict()

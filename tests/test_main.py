@@ -81,7 +81,7 @@ def _corrupt_archive(tmp_path):
       "batch vs devices",
       ["--config.train.batch_size=6"],
       {"XLA_FLAGS": "--xla_force_host_platform_device_count=4"},
-      "config.train.batch_size=6 is not divisible by the 4 devices",
+      "config.train.batch_size=6 is not divisible by the 4 data-parallel devices",
     ),
     (
       "unknown source",
@@ -102,6 +102,12 @@ def _corrupt_archive(tmp_path):
       ["--config.graph.gates_d=through,sometimes"],
       {},
       "config.graph.gates_d: unknown gate 'sometimes'",
+    ),
+    (
+      "gen axis over more devices than exist",
+      ["--config.train.gen_devices=2"],
+      {},
+      "config.train.gen_devices=2 must be a positive divisor of the 1 devices",
     ),
     ("process id alone", ["--process_id=1"], {}, "--process_id needs --distributed"),
     (

@@ -1,4 +1,5 @@
-"""4 forced CPU devices give the same training as 1 device on the same global batch.
+"""4 forced CPU devices give the same training as 1 device on the same global batch, also
+with the generators split over the mesh's 'gen' axis.
 
 The check runs in a subprocess because the device count is fixed when JAX starts
 (`XLA_FLAGS=--xla_force_host_platform_device_count=4`)."""
@@ -7,9 +8,13 @@ import os
 import subprocess
 import sys
 
+import jax
+import numpy as np
 import pytest
 
-from .conftest import ROOT
+from cgan_jax import parallel
+
+from .conftest import ROOT, build, real_batch, tiny_config
 
 SCRIPT = r"""
 import jax, numpy as np
@@ -18,23 +23,38 @@ from tests.conftest import build, real_batch, tiny_config
 
 assert jax.device_count() == 4, jax.devices()
 
-def run(config, devices, steps=3):
-  mesh = parallel.make_mesh(devices)
+def run(config, devices, gen=1, steps=3):
+  mesh = parallel.make_mesh(devices, gen)
+  parallel.check_mesh(config, mesh)
   state, step, graph, _ = build(config)
-  state = jax.device_put(state, parallel.replicated(mesh))
+  shardings = parallel.state_sharding(state, mesh)
+  state = jax.device_put(state, shardings)
   graph = jax.device_put(graph, parallel.replicated(mesh))
-  step = jax.jit(step)
+  step = parallel.shard_step(step, shardings)
+  k = config.model.k
   for i in range(steps):
     real = jax.device_put(real_batch(config, seed=10 + i), parallel.data_sharding(mesh))
     assert len(real.sharding.device_set) == len(devices)
     state, metrics = step(state, real, graph)
+    for leaf in jax.tree.leaves((state.g_params, state.g_opt_state, state.g_batch_stats)):
+      # Each device holds k / gen of the generators (all k when gen = 1).
+      assert leaf.addressable_shards[0].data.shape[0] == k // gen, (leaf.shape, gen)
+    d_leaf = jax.tree.leaves(state.d_params)[0]
+    assert d_leaf.addressable_shards[0].data.shape == d_leaf.shape  # D is replicated
   return jax.device_get(state), jax.device_get(metrics)
 
-CASES = [("proposed", {}), ("dcgan", {}), ("proposed3", {"train__d_update": "joint"})]
-for variants, extra in CASES:
+# (variants, config overrides, gen): gen > 1 splits the k generators over the 'gen' axis.
+CASES = [
+  ("proposed", {}, 1),
+  ("dcgan", {}, 1),
+  ("proposed3", {"train__d_update": "joint"}, 1),
+  ("proposed", {}, 2),
+  ("proposed", {"model__k": 4}, 4),
+]
+for variants, extra, gen in CASES:
   c = tiny_config(variants, **extra)
   one, m1 = run(c, jax.devices()[:1])
-  four, m4 = run(c, jax.devices())
+  four, m4 = run(c, jax.devices(), gen)
   assert int(one.step) == int(four.step) == 3
   worst = 0.0
   for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(four)):
@@ -48,7 +68,7 @@ for variants, extra in CASES:
     else:
       np.testing.assert_array_equal(a, b)
   np.testing.assert_allclose(m4["d_loss"], m1["d_loss"], rtol=1e-5)
-  print(f"{variants}: 4 devices == 1 device after 3 steps (max |diff| {worst:.2e})")
+  print(f"{variants}, gen={gen}: 4 devices == 1 device after 3 steps (max |diff| {worst:.2e})")
 print("OK")
 """
 
@@ -65,3 +85,26 @@ def test_four_devices_equal_one_device(n):
   )
   assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
   assert r.stdout.strip().splitlines()[-1] == "OK", r.stdout
+
+
+def test_cpu_compiler_options_apply_and_leave_the_step_unchanged():
+  """The XLA:CPU option is accepted by this jaxlib and changes only rounding."""
+  assert jax.default_backend() == "cpu"
+  assert parallel.compiler_options() == parallel.CPU_COMPILER_OPTIONS
+  c = tiny_config("proposed")
+  results = []
+  for options in (None, parallel.compiler_options()):
+    state, step, graph, _ = build(c)
+    state, _ = jax.jit(step, compiler_options=options)(state, real_batch(c), graph)
+    results.append(jax.device_get(state))
+  for a, b in zip(*(jax.tree.leaves(r) for r in results), strict=True):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
+
+
+def test_unknown_compiler_option_falls_back_to_defaults(monkeypatch):
+  monkeypatch.setattr(parallel, "CPU_COMPILER_OPTIONS", {"xla_cpu_no_such_option": "1"})
+  parallel.compiler_options.cache_clear()
+  try:
+    assert parallel.compiler_options() is None
+  finally:
+    parallel.compiler_options.cache_clear()
