@@ -75,18 +75,16 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 
 def check_mesh(config, mesh: Mesh) -> None:
-  """Raises ConfigError unless the batch splits over 'data' and k over 'gen'."""
-  n, gen = mesh.shape[DATA], mesh.shape[GEN]
-  batch_size, k = config.train.batch_size, config.model.k
+  """Raises ConfigError unless the global batch splits evenly over the 'data' axis.
+
+  (That gen_devices divides k is checked by `configlib.validate_config`, that it divides
+  the device count by `make_mesh`.)
+  """
+  n, batch_size = mesh.shape[DATA], config.train.batch_size
   if batch_size % n:
     raise ConfigError(
       f"config.train.batch_size={batch_size} is not divisible by the {n} data-parallel "
       f"devices; use a multiple of {n}"
-    )
-  if k % gen:
-    raise ConfigError(
-      f"config.train.gen_devices={gen} must divide config.model.k={k} (the generators are "
-      "split evenly over the devices)"
     )
 
 
