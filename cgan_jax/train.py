@@ -233,7 +233,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   replicated = parallel.replicated(mesh)
   training = make_training(config, steps_per_epoch=spe, init_key=init_key)
   generator, step_fn = training.generator, training.train_step
-  state = jax.device_put(training.state, parallel.state_sharding(training.state, mesh))
+  shardings = parallel.state_sharding(training.state, mesh)
+  state = jax.device_put(training.state, shardings)
 
   evaluator = evaluator_lib.make_training_evaluator(config, images)
   best_manager = None
@@ -251,7 +252,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   def step_on_raw(state, raw, graph):
     return step_fn(state, input_pipeline.preprocess(raw, image_size), graph)
 
-  train_step = parallel.shard_step(step_on_raw, parallel.state_sharding(training.state, mesh))
+  train_step = parallel.shard_step(step_on_raw, shardings)
   graph = jax.device_put(training.graph, replicated)
   generate_fn = sampling.make_generate_fn(generator)
   grid_z = sampling.latents(
