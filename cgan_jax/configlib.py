@@ -56,7 +56,7 @@ def validate_config(config) -> None:
   ema = config.model.ema_decay
   if not isinstance(ema, int | float) or not 0.0 <= ema < 1.0:
     raise ConfigError(f"config.model.ema_decay={ema!r} must be in [0, 1) (0 turns EMA off)")
-  impl = config.model.get("conv_impl", "phase")
+  impl = conv_impl(config)
   if impl not in models.CONV_IMPLS:
     raise choice_error("config.model.conv_impl", impl, models.CONV_IMPLS)
   if config.data.image_size not in models.SUPPORTED_IMAGE_SIZES:
@@ -69,7 +69,7 @@ def validate_config(config) -> None:
     raise choice_error("config.data.source", config.data.source, DATA_SOURCES)
   _check_int("config.num_epochs", config.num_epochs, 1)
   _check_int("config.train.batch_size", config.train.batch_size, 1)
-  gen = config.train.get("gen_devices", 1)
+  gen = gen_devices(config)
   _check_int("config.train.gen_devices", gen, 1)
   if k % gen:
     raise ConfigError(
@@ -145,6 +145,16 @@ def _validate_graph(config) -> None:
     )
   graph_lib.parse_gates_d(g.gates_d, k)
   graph_lib.parse_gates_transfer(g.gates_transfer, k)
+
+
+def conv_impl(config) -> str:
+  """How the 4x4 layers are computed (`models.CONV_IMPLS`; 'phase' in configs older than it)."""
+  return config.model.get("conv_impl", "phase")
+
+
+def gen_devices(config) -> int:
+  """Width of the mesh's 'gen' axis (1 in configs older than it)."""
+  return config.train.get("gen_devices", 1)
 
 
 def compute_dtype(config):

@@ -51,7 +51,7 @@ def make_models(config) -> tuple[models.Generator, models.Discriminator]:
     image_size=config.data.image_size,
     width=config.model.g_width,
     dtype=dtype,
-    conv_impl=config.model.get("conv_impl", "phase"),
+    conv_impl=configlib.conv_impl(config),
   )
   discriminator = models.Discriminator(
     k=config.model.k,
@@ -59,7 +59,7 @@ def make_models(config) -> tuple[models.Generator, models.Discriminator]:
     width=config.model.d_width,
     norm=configlib.d_norm(config),
     dtype=dtype,
-    conv_impl=config.model.get("conv_impl", "phase"),
+    conv_impl=configlib.conv_impl(config),
   )
   return generator, discriminator
 

@@ -216,7 +216,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
     TrainingDiverged: a loss became non-finite; the last good checkpoint stays.
   """
   configlib.validate_config(config)
-  mesh = parallel.make_mesh(gen=config.train.get("gen_devices", 1))
+  mesh = parallel.make_mesh(gen=configlib.gen_devices(config))
   parallel.check_mesh(config, mesh)
   check_workdir(workdir, config)
   images = input_pipeline.load_images(config)
