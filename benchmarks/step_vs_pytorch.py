@@ -38,6 +38,7 @@ import numpy as np
 from absl import app, flags
 
 from cgan_jax import configlib, models, parallel, train
+from cgan_jax import graph as graph_lib
 
 FLAGS = flags.FLAGS
 # ---------------------------------------------------------------------------------------
@@ -168,7 +169,7 @@ def make_torch_step(config, device, compile_modules: bool):
 
   k, b, z_dim = config.model.k, config.train.batch_size, config.model.z_dim
   alpha, transfer = config.graph.alpha, config.graph.transfer
-  layers = [m - 1 for m in _transfer_layers(config)]
+  layers = [m - 1 for m in graph_lib.transfer_layers(transfer)]
   gens, disc = torch_models(config, device)
   o = config.optim
   g_opt = torch.optim.Adam([p for g in gens for p in g.parameters()], o.g_lr, (o.b1, o.b2))
@@ -221,14 +222,6 @@ def make_torch_step(config, device, compile_modules: bool):
     return total.detach()
 
   return step, gens, disc
-
-
-def _transfer_layers(config):
-  from cgan_jax import graph as graph_lib
-
-  if config.graph.transfer in ("none", "image"):
-    return []
-  return graph_lib.transfer_layers(config.graph.transfer)
 
 
 def time_torch(config, steps: int, warmup: int, compile_modules: bool) -> dict:
