@@ -140,6 +140,12 @@ def conv_transpose_2x(x: jax.Array, kernel: jax.Array, impl: str = "phase") -> j
   into batched matmuls; XLA's own transposed convolution has a weight gradient that is
   ~30x slower than PyTorch's on CPU, and its vmap becomes a grouped convolution.
 
+  The gradients of the 'phase' form are not autodiff of those matmuls (a custom VJP):
+  they are two ordinary convolutions, as in PyTorch's ConvTranspose2d backward, since a
+  transposed convolution is the adjoint of a strided one (see `_conv_transpose_2x_grads`).
+  On CPU that backward measured 1.2-1.7x faster per layer than autodiff of the matmul
+  forms (benchmarks/README.md).
+
   Args:
     x: [..., h, w, cin] (any leading axes).
     kernel: [4, 4, cin, cout], HWIO, not flipped (flax's convention).
@@ -152,12 +158,66 @@ def conv_transpose_2x(x: jax.Array, kernel: jax.Array, impl: str = "phase") -> j
     return _lax_conv_nhwc(jax.lax.conv_transpose, x, kernel, padding=2)
   if impl != "phase":
     raise ValueError(f"impl={impl!r} must be one of {CONV_IMPLS}")
+  return _conv_transpose_2x_phase(x, kernel)
+
+
+def _phase_forward(x: jax.Array, kernel: jax.Array) -> jax.Array:
   h, cin, cout = x.shape[-3], x.shape[-1], kernel.shape[-1]
-  # Measured on CPU, fwd + bwd vmapped over 3 generators (benchmarks/README.md): the
-  # output-side form wins up to 8x8 inputs and for thin outputs (the image layer); the
-  # input-side form wins for 16x16 inputs with many output channels.
+  # Measured on CPU, vmapped over 3 generators (benchmarks/README.md): the output-side
+  # form wins up to 8x8 inputs and for thin outputs (the image layer); the input-side
+  # form wins for 16x16 inputs with many output channels.
   form = _phase_im2col if h >= 16 and 4 * cout > cin else _phase_col2im
   return form(x, kernel).astype(jnp.result_type(x, kernel))
+
+
+def _adjoint_kernel(kernel: jax.Array) -> jax.Array:
+  """The kernel of the adjoint: conv_transpose_2x(., W) and conv_4x4_s2(., flip/swap(W))
+  are each other's transposes. Its own inverse."""
+  return jnp.swapaxes(kernel[::-1, ::-1], 2, 3)
+
+
+@jax.custom_vjp
+def _conv_transpose_2x_phase(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  return _phase_forward(x, kernel)
+
+
+def _conv_transpose_2x_fwd(x, kernel):
+  return _phase_forward(x, kernel), (x, kernel)
+
+
+def _conv_transpose_2x_bwd(residuals, dy):
+  x, kernel = residuals
+  return _conv_transpose_2x_grads(x, kernel, dy)
+
+
+@jax.custom_batching.custom_vmap
+def _conv_transpose_2x_grads(x: jax.Array, kernel: jax.Array, dy: jax.Array):
+  """(dx, dkernel) of conv_transpose_2x(x, kernel) for the output cotangent dy.
+
+  The transposed convolution is the adjoint of the stride-2 convolution with the adjoint
+  kernel, so dx is that convolution of dy (XLA's forward convolution) and dkernel comes
+  from its weight gradient with x as the cotangent (XLA's weight-gradient convolution):
+  two ordinary convolutions, as in PyTorch's ConvTranspose2d backward.
+  """
+  w_adj = _adjoint_kernel(kernel)
+  dx, kernel_vjp = jax.vjp(lambda w: _conv_4x4_s2_xla(dy, w), w_adj)
+  (dw_adj,) = kernel_vjp(x.astype(dx.dtype))
+  return dx.astype(x.dtype), _adjoint_kernel(dw_adj).astype(kernel.dtype)
+
+
+@_conv_transpose_2x_grads.def_vmap
+def _conv_transpose_2x_grads_vmap(axis_size, in_batched, x, kernel, dy):
+  # Unrolled over the mapped axis (the k generators): vmap's own rule makes the
+  # per-generator kernels one grouped convolution, 1.2-1.7x slower on CPU (measured).
+  args = [
+    a if batched else jnp.broadcast_to(a, (axis_size, *a.shape))
+    for a, batched in zip((x, kernel, dy), in_batched, strict=True)
+  ]
+  outs = [_conv_transpose_2x_grads(*(a[i] for a in args)) for i in range(axis_size)]
+  return tuple(jnp.stack(o) for o in zip(*outs, strict=True)), (True, True)
+
+
+_conv_transpose_2x_phase.defvjp(_conv_transpose_2x_fwd, _conv_transpose_2x_bwd)
 
 
 class _Conv4x4(nn.Module):
@@ -217,8 +277,7 @@ def _conv_4x4_s2_bwd(residuals, dy):
   (d_kernel,) = kernel_vjp(dy)
   # The input gradient of a 4x4 stride-2 pad-1 convolution is the 2x transposed
   # convolution of dy with the kernel flipped and its in/out channels swapped.
-  w_t = jnp.swapaxes(kernel[::-1, ::-1], 2, 3)
-  dx = conv_transpose_2x(dy, w_t.astype(dy.dtype), "phase")
+  dx = conv_transpose_2x(dy, _adjoint_kernel(kernel).astype(dy.dtype), "phase")
   return dx.astype(x.dtype), d_kernel
 
 

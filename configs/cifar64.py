@@ -56,6 +56,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Devices on the mesh's 'gen' axis: > 1 splits the k generators over that many device
   # groups (must divide k and the device count); 1 replicates them (data parallel only).
   c.train.gen_devices = 1
+  # How the step applies the k stacked generators: 'vmap', 'unroll' (one by one, same
+  # result), or 'auto': unroll on CPU with gen_devices = 1 (faster there), else vmap.
+  c.train.gen_map = "auto"
   c.train.log_every_steps = 50
 
   c.data = ml_collections.ConfigDict()

@@ -35,6 +35,7 @@ monitoring.register_event_duration_secs_listener(
     ("model.conv_impl", "fft", r"config.model.conv_impl='fft' is not allowed"),
     ("train.gen_devices", 0, r"config.train.gen_devices=0 must be an integer >= 1"),
     ("train.gen_devices", 3, r"config.train.gen_devices=3 must divide config.model.k=2"),
+    ("train.gen_map", "loop", r"config.train.gen_map='loop' is not allowed"),
   ],
 )
 def test_bad_field_one_line_error_before_compiling(field, value, match):

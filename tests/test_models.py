@@ -196,6 +196,31 @@ def test_phase_conv_transpose_under_vmap_over_generators():
     )
 
 
+@pytest.mark.parametrize("batched", [(True, True), (False, True), (True, False)])
+def test_phase_conv_transpose_gradients_under_vmap(batched):
+  """The custom VJP's batching rule (a loop over the mapped axis) == per-slice gradients,
+  whichever of x and the kernel is mapped (stacked kernels: the generator update)."""
+  kx, kk, kg = jax.random.split(jax.random.PRNGKey(7), 3)
+  x = jax.random.normal(kx, (3, 2, 4, 5, 6))
+  kernels = jax.random.normal(kk, (3, 4, 4, 6, 5))
+  g = jax.random.normal(kg, (3, 2, 8, 10, 5))
+  x_axis, k_axis = (0 if b else None for b in batched)
+  xs = x if batched[0] else x[0]
+  ks = kernels if batched[1] else kernels[0]
+
+  def grads(fn, x, kernel, g):
+    return jax.grad(lambda x, w: jnp.sum(fn(x, w) * g), argnums=(0, 1))(x, kernel)
+
+  phase = lambda x, w: models.conv_transpose_2x(x, w, "phase")  # noqa: E731
+  got = jax.vmap(lambda x, w, g: grads(phase, x, w, g), in_axes=(x_axis, k_axis, 0))(xs, ks, g)
+  for i in range(3):
+    want = grads(
+      _plain_conv_transpose, x[i] if batched[0] else x[0], kernels[i] if batched[1] else ks, g[i]
+    )
+    for a, b in zip(got, want, strict=True):
+      np.testing.assert_allclose(a[i], b, rtol=1e-5, atol=1e-5 * float(jnp.abs(b).max()))
+
+
 def test_conv_transpose_layer_matches_flax_layer_params_and_output():
   """Same parameter names, shapes and init distribution as nn.ConvTranspose; same output."""
   x = jax.random.normal(jax.random.PRNGKey(0), (2, 4, 4, 32))

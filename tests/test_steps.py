@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cgan_jax import gates, graph
+from cgan_jax import configlib, gates, graph
 
 from .conftest import build, real_batch, tiny_config
 
@@ -49,6 +49,34 @@ def test_one_step_of_each_method(variant, d_update):
     np.testing.assert_array_equal(m["g_transfer"], 0.0)
   else:
     assert np.all(np.asarray(m["g_transfer"]) > 0)
+
+
+@pytest.mark.parametrize("d_update", ["paper", "joint"])
+def test_unrolled_generators_equal_vmapped(d_update):
+  """config.train.gen_map: applying the k generators one by one or through vmap is the
+  same step (up to float rounding)."""
+  states = {}
+  for gen_map in ("vmap", "unroll"):
+    c = tiny_config("proposed", model__k=3, train__d_update=d_update, train__gen_map=gen_map)
+    assert configlib.unroll_generators(c) == (gen_map == "unroll")
+    st, step, ga, _ = build(c)
+    jitted = jax.jit(step)
+    for i in range(2):
+      st, _ = jitted(st, real_batch(c, seed=i), ga)
+    states[gen_map] = st
+  jax.tree.map(
+    lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6),
+    states["vmap"],
+    states["unroll"],
+  )
+
+
+def test_gen_map_auto_unrolls_only_on_cpu_without_a_gen_axis():
+  c = tiny_config("proposed")
+  assert c.train.gen_map == "auto"
+  assert configlib.unroll_generators(c) == (jax.default_backend() == "cpu")
+  c.model.k, c.train.gen_devices = 2, 2
+  assert not configlib.unroll_generators(c)
 
 
 def test_gate_changes_do_not_retrace():
