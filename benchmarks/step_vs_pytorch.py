@@ -229,6 +229,12 @@ def time_torch(config, steps: int, warmup: int, compile_modules: bool) -> dict:
 
   device = "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
   torch.manual_seed(0)
+  if compile_modules:
+    # Each case compiles afresh: dynamo guards on the module instance, so k generators
+    # (and D in train / eval mode) are separate graphs, and past the default limit of 8
+    # per function it silently falls back to eager for the rest of the process.
+    torch._dynamo.reset()
+    torch._dynamo.config.recompile_limit = 64
   step, _, _ = make_torch_step(config, device, compile_modules)
   s, b = config.data.image_size, config.train.batch_size
   real = torch.rand(b, 3, s, s, device=device) * 2 - 1
