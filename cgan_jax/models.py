@@ -176,18 +176,11 @@ def _adjoint_kernel(kernel: jax.Array) -> jax.Array:
   return jnp.swapaxes(kernel[::-1, ::-1], 2, 3)
 
 
-@jax.custom_vjp
-def _conv_transpose_2x_phase(x: jax.Array, kernel: jax.Array) -> jax.Array:
-  return _phase_forward(x, kernel)
-
-
-def _conv_transpose_2x_fwd(x, kernel):
-  return _phase_forward(x, kernel), (x, kernel)
-
-
-def _conv_transpose_2x_bwd(residuals, dy):
-  x, kernel = residuals
-  return _conv_transpose_2x_grads(x, kernel, dy)
+def _with_grads(forward, grads):
+  """forward(x, kernel) with the custom VJP grads(x, kernel, dy) -> (dx, dkernel)."""
+  fn = jax.custom_vjp(forward)
+  fn.defvjp(lambda x, kernel: (forward(x, kernel), (x, kernel)), lambda res, dy: grads(*res, dy))
+  return fn
 
 
 @jax.custom_batching.custom_vmap
@@ -217,7 +210,7 @@ def _conv_transpose_2x_grads_vmap(axis_size, in_batched, x, kernel, dy):
   return tuple(jnp.stack(o) for o in zip(*outs, strict=True)), (True, True)
 
 
-_conv_transpose_2x_phase.defvjp(_conv_transpose_2x_fwd, _conv_transpose_2x_bwd)
+_conv_transpose_2x_phase = _with_grads(_phase_forward, _conv_transpose_2x_grads)
 
 
 class _Conv4x4(nn.Module):
@@ -262,17 +255,8 @@ def _conv_4x4_s2_xla(x: jax.Array, kernel: jax.Array) -> jax.Array:
   return _lax_conv_nhwc(jax.lax.conv_general_dilated, x, kernel, padding=1)
 
 
-@jax.custom_vjp
-def _conv_4x4_s2_phase(x: jax.Array, kernel: jax.Array) -> jax.Array:
-  return _conv_4x4_s2_xla(x, kernel)
-
-
-def _conv_4x4_s2_fwd(x, kernel):
-  return _conv_4x4_s2_xla(x, kernel), (x, kernel)
-
-
-def _conv_4x4_s2_bwd(residuals, dy):
-  x, kernel = residuals
+def _conv_4x4_s2_grads(x: jax.Array, kernel: jax.Array, dy: jax.Array):
+  """(dx, dkernel) of conv_4x4_s2: XLA's weight gradient, dx through the phase form."""
   _, kernel_vjp = jax.vjp(lambda w: _conv_4x4_s2_xla(x, w), kernel)
   (d_kernel,) = kernel_vjp(dy)
   # The input gradient of a 4x4 stride-2 pad-1 convolution is the 2x transposed
@@ -281,7 +265,7 @@ def _conv_4x4_s2_bwd(residuals, dy):
   return dx.astype(x.dtype), d_kernel
 
 
-_conv_4x4_s2_phase.defvjp(_conv_4x4_s2_fwd, _conv_4x4_s2_bwd)
+_conv_4x4_s2_phase = _with_grads(_conv_4x4_s2_xla, _conv_4x4_s2_grads)
 
 
 def conv_4x4_s2(x: jax.Array, kernel: jax.Array, impl: str = "phase") -> jax.Array:
