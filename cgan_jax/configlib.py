@@ -78,7 +78,7 @@ def validate_config(config) -> None:
       f"config.train.gen_devices={gen} must divide config.model.k={k} (the generators are "
       "split evenly over the devices)"
     )
-  gmap = config.train.get("gen_map", "auto")
+  gmap = gen_map(config)
   if gmap not in GEN_MAPS:
     raise choice_error("config.train.gen_map", gmap, GEN_MAPS)
   if config.train.d_update not in D_UPDATES:
@@ -162,6 +162,11 @@ def gen_devices(config) -> int:
   return config.train.get("gen_devices", 1)
 
 
+def gen_map(config) -> str:
+  """How the step applies the k generators (`GEN_MAPS`; 'auto' in configs older than it)."""
+  return config.train.get("gen_map", "auto")
+
+
 def unroll_generators(config) -> bool:
   """Whether the step applies the k generators one by one instead of through `jax.vmap`.
 
@@ -169,7 +174,7 @@ def unroll_generators(config) -> bool:
   than the field): unrolled on CPU with gen_devices = 1, where it measured faster, and
   vmapped otherwise, so that a 'gen' mesh axis splits the generators over devices.
   """
-  gmap = config.train.get("gen_map", "auto")
+  gmap = gen_map(config)
   if gmap == "auto":
     return jax.default_backend() == "cpu" and gen_devices(config) == 1
   return gmap == "unroll"
