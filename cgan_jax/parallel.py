@@ -25,13 +25,17 @@ from cgan_jax.errors import ConfigError
 DATA = "data"
 GEN = "gen"
 
-# XLA:CPU runs convolutions through YNNPACK by default. Its own (Eigen) convolutions ran the
-# discriminator's 4x4 stride-2 convolution and its weight gradient ~25% faster on the
-# 2-core AVX2 benchmark machine, and the 64 px step ~8% faster (benchmarks/README.md), so
-# the training step keeps YNNPACK for dots only. The same function: only the kernels (and
-# so the rounding) change.
+# XLA:CPU runs dots, reductions and convolutions through YNNPACK by default. Its own
+# (Eigen) convolutions ran the discriminator's 4x4 stride-2 convolution and its weight
+# gradient ~25% faster on the 2-core AVX2 benchmark machine, and the 64 px step ~8% faster
+# (benchmarks/README.md), so the training step keeps YNNPACK for dots and reductions only.
+# Reductions must be listed: XLA's own reduce ran BatchNorm's statistics ~8x slower than
+# YNNPACK's and summed less accurately (a 65k-element channel sum: relative error 5e-6
+# against 1e-7). The same function: only the kernels (and so the rounding) change.
 CPU_COMPILER_OPTIONS = {
-  "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT",
+  "xla_cpu_experimental_ynn_fusion_type": (
+    "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"
+  ),
 }
 
 
