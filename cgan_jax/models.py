@@ -56,14 +56,6 @@ def _lax_conv_nhwc(conv, x: jax.Array, kernel: jax.Array, padding: int) -> jax.A
   return y.reshape(*x.shape[:-3], *y.shape[1:])
 
 
-def _interleave_phases(phases: list[list[jax.Array]]) -> jax.Array:
-  """phases[a][b]: [..., h, w, c] -> [..., 2h, 2w, c], out[2j + a, 2i + b] = phases[a][b][j, i]."""
-  rows = [jnp.stack(row, axis=-2) for row in phases]  # [..., h, w, 2(b), c]
-  y = jnp.stack(rows, axis=-4)  # [..., h, 2(a), w, 2(b), c]
-  *lead, h, _, w, _, c = y.shape
-  return y.reshape(*lead, 2 * h, 2 * w, c)
-
-
 def _matmul_2d(x: jax.Array, w: jax.Array) -> jax.Array:
   """[..., n] @ [n, m] as ONE 2-D matmul, accumulated and returned in float32.
 
@@ -75,31 +67,30 @@ def _matmul_2d(x: jax.Array, w: jax.Array) -> jax.Array:
   return y.reshape(*x.shape[:-1], w.shape[-1])
 
 
-def _phase_im2col(x: jax.Array, kernel: jax.Array) -> jax.Array:
-  """Input-side form: one matmul of 2x2 patches of the padded input with all 4 phase kernels.
+def _phase_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  """Input-side form: all 4 phases as ONE stride-1 2x2 convolution (XLA's), depth-to-space.
 
-  o[j, i, a, b] = sum_{u, v in {0, 1}} xp[j + u, i + v] @ kernel[2u + a, 2v + b] over the
-  (h + 1) x (w + 1) positions of the input padded by 1, and out[2j + a, 2i + b] = o[j + a,
-  i + b, a, b]. Costs (h + 1)^2 / h^2 of the exact FLOPs, in one large matmul.
+  Output row r = 2m + a' - 1 (a' in {0, 1}) has phase 1 - a' and meets input rows m - 1
+  and m, i.e. rows m + u of the input padded by 1, with kernel row 2u + 1 - a'. So
+  o[m, n, a', b'] = sum_{u, v in {0, 1}} xp[m + u, n + v] @ kernel[2u + 1 - a', 2v + 1 - b']
+  over the (h + 1) x (w + 1) positions of xp (a 2x2 convolution with 4 cout outputs), and
+  the output is the depth-to-space of o with its first and last rows and columns cut.
+  Costs (h + 1)^2 / h^2 of the exact FLOPs, in one convolution and one copy.
   """
   *lead, h, w, cin = x.shape
   cout = kernel.shape[-1]
-  pad = [(0, 0)] * len(lead) + [(1, 1), (1, 1), (0, 0)]
-  xp = jnp.pad(x, pad)
-  # [..., h + 1, w + 1, 4 cin], channel order (u, v, cin). A sum of channel-padded views:
-  # one fused loop that ran 2x faster than XLA:CPU's concatenate of the same views.
-  channel_pad = [(0, 0)] * (len(lead) + 2)
-  patches = sum(
-    jnp.pad(xp[..., u : u + h + 1, v : v + w + 1, :], channel_pad + [(i * cin, (3 - i) * cin)])
-    for i, (u, v) in enumerate(((0, 0), (0, 1), (1, 0), (1, 1)))
+  # kernel[2u + a, 2v + b, ci, co] -> [u, v, ci, (1 - a, 1 - b, co)]
+  w_conv = kernel.reshape(2, 2, 2, 2, cin, cout)[:, ::-1, :, ::-1].transpose(0, 2, 4, 1, 3, 5)
+  o = jax.lax.conv_general_dilated(
+    x.reshape(-1, h, w, cin),
+    w_conv.reshape(2, 2, cin, 4 * cout),
+    (1, 1),
+    ((1, 1), (1, 1)),
+    dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    preferred_element_type=jnp.float32,
   )
-  # kernel[2u + a, 2v + b, ci, co] -> [u, v, ci, a, b, co]
-  w_mat = kernel.reshape(2, 2, 2, 2, cin, cout).transpose(0, 2, 4, 1, 3, 5)
-  o = _matmul_2d(patches, w_mat.reshape(4 * cin, 4 * cout))
-  o = o.reshape(*lead, h + 1, w + 1, 2, 2, cout)
-  return _interleave_phases(
-    [[o[..., a : a + h, b : b + w, a, b, :] for b in range(2)] for a in range(2)]
-  )
+  o = jnp.swapaxes(o.reshape(*lead, h + 1, w + 1, 2, 2, cout), -4, -3)
+  return o.reshape(*lead, 2 * h + 2, 2 * w + 2, cout)[..., 1:-1, 1:-1, :]
 
 
 def _phase_col2im(x: jax.Array, kernel: jax.Array) -> jax.Array:
@@ -135,16 +126,19 @@ def conv_transpose_2x(x: jax.Array, kernel: jax.Array, impl: str = "phase") -> j
 
   Phase decomposition: output row 2j + a only meets kernel rows a and a + 2, at input rows
   j - 1 + a and j + a, so each of the 4 output phases (a, b) is an ordinary 2x2
-  convolution of the input, padded by 1, with the kernel slice kernel[a::2, b::2]. Both
-  forms below compute these with plain matmuls, which `vmap` over the k generators turns
-  into batched matmuls; XLA's own transposed convolution has a weight gradient that is
-  ~30x slower than PyTorch's on CPU, and its vmap becomes a grouped convolution.
+  convolution of the input, padded by 1, with the kernel slice kernel[a::2, b::2]. Two
+  exact forms compute them, picked by shape (`_phase_forward`): all 4 phases as one
+  stride-1 2x2 XLA convolution followed by depth-to-space (`_phase_conv`), or every input
+  pixel times all 16 taps in one matmul, then the taps placed and summed (`_phase_col2im`).
+  XLA's own transposed convolution is a dilated convolution that ran ~2x slower than these
+  on CPU, with a weight gradient ~30x slower than PyTorch's.
 
-  The gradients of the 'phase' form are not autodiff of those matmuls (a custom VJP):
+  The gradients of the 'phase' form are not autodiff of those forms (a custom VJP):
   they are two ordinary convolutions, as in PyTorch's ConvTranspose2d backward, since a
   transposed convolution is the adjoint of a strided one (see `_conv_transpose_2x_grads`).
   On CPU that backward measured 1.2-1.7x faster per layer than autodiff of the matmul
-  forms (benchmarks/README.md).
+  forms (benchmarks/README.md). It is also what the discriminator's input gradient uses
+  (`conv_4x4_s2`), so both networks run these forms.
 
   Args:
     x: [..., h, w, cin] (any leading axes).
@@ -162,11 +156,11 @@ def conv_transpose_2x(x: jax.Array, kernel: jax.Array, impl: str = "phase") -> j
 
 
 def _phase_forward(x: jax.Array, kernel: jax.Array) -> jax.Array:
-  h, cin, cout = x.shape[-3], x.shape[-1], kernel.shape[-1]
-  # Measured on CPU, vmapped over 3 generators (benchmarks/README.md): the output-side
-  # form wins up to 8x8 inputs and for thin outputs (the image layer); the input-side
-  # form wins for 16x16 inputs with many output channels.
-  form = _phase_im2col if h >= 16 and 4 * cout > cin else _phase_col2im
+  h, cout = x.shape[-3], kernel.shape[-1]
+  # Measured on CPU at batch 64 and 192 (benchmarks/README.md): the convolution form wins
+  # from 8x8 inputs up (up to 2.2x at 16x16 and 32x32); the output-side matmul form wins
+  # for 4x4 inputs and for thin outputs (the 3-channel image layer).
+  form = _phase_conv if h >= 8 and cout >= 16 else _phase_col2im
   return form(x, kernel).astype(jnp.result_type(x, kernel))
 
 

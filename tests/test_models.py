@@ -149,18 +149,20 @@ def _plain_conv_transpose(x, kernel):
   return layer.apply({"params": {"kernel": kernel}}, x)
 
 
-# (h, cin, cout): both phase forms (im2col: h >= 16 and 4 cout > cin; col2im otherwise),
-# odd sizes, 1x1 inputs and non-square inputs.
+# (h, cin, cout): both phase forms (conv: h >= 8 and cout >= 16; col2im otherwise; each
+# shape also runs both forms directly), odd sizes, 1x1 inputs and non-square inputs.
 CT_SHAPES = [
   (1, 3, 5),
   (2, 4, 8),
   (4, 16, 8),
   (3, 5, 7),
   (8, 8, 16),
+  (9, 5, 17),
   (16, 6, 6),
   (17, 5, 7),
   (16, 16, 3),
 ]
+PHASE_FORMS = {"conv": models._phase_conv, "col2im": models._phase_col2im}
 
 
 @pytest.mark.parametrize("h,cin,cout", CT_SHAPES)
@@ -170,9 +172,11 @@ def test_phase_conv_transpose_equals_plain_form(h, cin, cout):
   kernel = jax.random.normal(kk, (4, 4, cin, cout))
   want = _plain_conv_transpose(x, kernel)
   assert want.shape == (2, 2 * h, 2 * h + 2, cout)
+  tol = {"rtol": 1e-5, "atol": 1e-5 * float(jnp.abs(want).max())}
   for impl in models.CONV_IMPLS:
-    got = models.conv_transpose_2x(x, kernel, impl)
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(jnp.abs(want).max()))
+    np.testing.assert_allclose(models.conv_transpose_2x(x, kernel, impl), want, **tol)
+  for form in PHASE_FORMS.values():
+    np.testing.assert_allclose(form(x, kernel), want, **tol)
   # gradients with respect to the input and the kernel (what the XLA form is slow at)
   g = jax.random.normal(kg, want.shape)
 
@@ -185,11 +189,25 @@ def test_phase_conv_transpose_equals_plain_form(h, cin, cout):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * float(jnp.abs(b).max()))
 
 
-def test_phase_conv_transpose_under_vmap_over_generators():
+@pytest.mark.parametrize(
+  "h,cout,form", [(4, 256, "col2im"), (8, 128, "conv"), (16, 64, "conv"), (32, 3, "col2im")]
+)
+def test_phase_form_choice(h, cout, form):
+  """The conv form (a convolution in the jaxpr) from 8x8 inputs with 16+ output channels;
+  the col2im form (a matmul) for 4x4 inputs and for the image layer."""
+  jaxpr = jax.make_jaxpr(models._phase_forward)(jnp.zeros((2, h, h, 8)), jnp.zeros((4, 4, 8, cout)))
+  prims = {str(e.primitive) for e in jaxpr.jaxpr.eqns}
+  want = {"conv": "conv_general_dilated", "col2im": "dot_general"}
+  assert want[form] in prims and want[{"conv": "col2im", "col2im": "conv"}[form]] not in prims
+
+
+@pytest.mark.parametrize("form", ["auto", *PHASE_FORMS])
+def test_phase_conv_transpose_under_vmap_over_generators(form):
   """vmap over stacked kernels ([k, ...], as in the generator update) == a Python loop."""
-  x = jax.random.normal(jax.random.PRNGKey(0), (3, 2, 4, 4, 16))
-  kernels = jax.random.normal(jax.random.PRNGKey(1), (3, 4, 4, 16, 8))
-  got = jax.vmap(models.conv_transpose_2x)(x, kernels)
+  x = jax.random.normal(jax.random.PRNGKey(0), (3, 2, 8, 8, 16))
+  kernels = jax.random.normal(jax.random.PRNGKey(1), (3, 4, 4, 16, 24))
+  fn = models.conv_transpose_2x if form == "auto" else PHASE_FORMS[form]
+  got = jax.vmap(fn)(x, kernels)
   for i in range(3):
     np.testing.assert_allclose(
       got[i], _plain_conv_transpose(x[i], kernels[i]), rtol=1e-5, atol=1e-4
