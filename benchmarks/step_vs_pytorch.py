@@ -1,7 +1,7 @@
 """One training step in JAX (this project) and the same step in PyTorch, timed in one run.
 
   python benchmarks/step_vs_pytorch.py --k=3 --image_size=32 --batch_size=64 --steps=5
-  python benchmarks/step_vs_pytorch.py --all       # the table in benchmarks/README.md
+  python benchmarks/step_vs_pytorch.py --all --steps=2  # the table in benchmarks/README.md
 
 Both sides run the same models, losses and update sequence on the same device:
 
@@ -18,8 +18,11 @@ Both sides run the same models, losses and update sequence on the same device:
 The JAX side is exactly what training runs (`train.make_training`, one jitted step); the
 PyTorch side is a straightforward eager implementation (a list of k generators, one Adam
 for each network), and, with --torch_compile, the same with every module wrapped in
-`torch.compile`. Steady-state time per step is the mean over --steps steps after
---warmup steps; images/s counts the batch of real images per step.
+`torch.compile`. Each side is compiled and warmed up (--warmup steps), then timed in
+--rounds rounds that alternate the sides (JAX, eager, compiled), so that a machine whose
+speed drifts (a shared VM) slows all of them alike; a round's time is the mean over
+--steps steps, a side's time the median over rounds, and a ratio the median of the
+per-round ratios; images/s counts the batch of real images per step.
 
 Also reported: the JAX compile time, XLA's cost analysis of the step (FLOPs), and those
 FLOPs per second as a fraction of the measured float32 peak of a plain jnp.matmul on the
@@ -30,6 +33,7 @@ mean.
 
 import math
 import os
+import statistics
 import time
 
 import jax
@@ -58,8 +62,13 @@ def jax_config(k: int, image_size: int, batch_size: int, transfer: str):
   return config
 
 
-def time_jax(config, steps: int, warmup: int) -> dict:
-  """Compile time, cost-analysis FLOPs and steady-state seconds per step of the JAX step."""
+def jax_stepper(config, warmup: int):
+  """Compiles and warms up the JAX step.
+
+  Returns:
+    (time_steps, info): time_steps(n) runs n more steps and returns their mean seconds
+    per step; info holds the compile time and XLA's cost-analysis FLOPs of one step.
+  """
   mesh = parallel.make_mesh()
   t = train.make_training(config, steps_per_epoch=100, init_key=jax.random.PRNGKey(0))
   shardings = parallel.state_sharding(t.state, mesh)
@@ -77,14 +86,19 @@ def time_jax(config, steps: int, warmup: int) -> dict:
   for _ in range(warmup):
     state, _ = compiled(state, real, graph)
   jax.block_until_ready(state)
-  t0 = time.perf_counter()
-  for _ in range(steps):
-    state, metrics = compiled(state, real, graph)
-  jax.block_until_ready((state, metrics))
-  step_s = (time.perf_counter() - t0) / steps
-  if not np.isfinite(float(metrics["d_loss"])):
-    raise RuntimeError("JAX step produced a non-finite loss")
-  return {"step_s": step_s, "compile_s": compile_s, "flops": flops}
+
+  def time_steps(n: int) -> float:
+    nonlocal state
+    t0 = time.perf_counter()
+    for _ in range(n):
+      state, metrics = compiled(state, real, graph)
+    jax.block_until_ready((state, metrics))
+    step_s = (time.perf_counter() - t0) / n
+    if not np.isfinite(float(metrics["d_loss"])):
+      raise RuntimeError("JAX step produced a non-finite loss")
+    return step_s
+
+  return time_steps, {"compile_s": compile_s, "flops": flops}
 
 
 def matmul_peak_flops(seconds: float = 2.0) -> float:
@@ -224,7 +238,13 @@ def make_torch_step(config, device, compile_modules: bool):
   return step, gens, disc
 
 
-def time_torch(config, steps: int, warmup: int, compile_modules: bool) -> dict:
+def torch_stepper(config, warmup: int, compile_modules: bool):
+  """Builds and warms up the PyTorch step (eager, or modules under torch.compile).
+
+  Returns:
+    (time_steps, info): time_steps(n) runs n more steps and returns their mean seconds
+    per step; info holds the warm-up time (torch.compile compiles there) and the device.
+  """
   import torch
 
   device = "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
@@ -248,14 +268,18 @@ def time_torch(config, steps: int, warmup: int, compile_modules: bool) -> dict:
     step(real)
   sync()
   warmup_s = time.perf_counter() - t0
-  t0 = time.perf_counter()
-  for _ in range(steps):
-    loss = step(real)
-  sync()
-  step_s = (time.perf_counter() - t0) / steps
-  if not math.isfinite(float(loss)):
-    raise RuntimeError("PyTorch step produced a non-finite loss")
-  return {"step_s": step_s, "warmup_s": warmup_s, "device": device}
+
+  def time_steps(n: int) -> float:
+    t0 = time.perf_counter()
+    for _ in range(n):
+      loss = step(real)
+    sync()
+    step_s = (time.perf_counter() - t0) / n
+    if not math.isfinite(float(loss)):
+      raise RuntimeError("PyTorch step produced a non-finite loss")
+    return step_s
+
+  return time_steps, {"warmup_s": warmup_s, "device": device}
 
 
 # ---------------------------------------------------------------------------------------
@@ -300,7 +324,11 @@ def main(argv):
   print(f"machine: {_machine()}")
   peak = matmul_peak_flops()
   print(f"measured float32 matmul peak: {peak / 1e9:.0f} GFLOP/s")
-  print(f"transfer={FLAGS.transfer} (k >= 2), d_update=paper, float32, {FLAGS.steps} timed steps")
+  print(
+    f"transfer={FLAGS.transfer} (k >= 2), d_update=paper, float32; times are medians of"
+    f" {FLAGS.rounds} round(s) of {FLAGS.steps} step(s) per side, the sides alternating;"
+    " ratios are medians of the per-round ratios"
+  )
   header = (
     "| k | px | batch | JAX s/step | JAX img/s | torch eager s/step | torch.compile s/step "
     "| torch/jax | torch.compile/jax | JAX compile s | GFLOP/step | MFU |"
@@ -310,23 +338,33 @@ def main(argv):
   ratios, jax_times = [], {}
   for k, s, b in cases:
     config = jax_config(k, s, b, FLAGS.transfer)
-    j = time_jax(config, FLAGS.steps, FLAGS.warmup)
-    te = time_torch(config, FLAGS.steps, FLAGS.warmup, compile_modules=False)
+    jax_run, j = jax_stepper(config, FLAGS.warmup)
+    sides = {"jax": jax_run, "eager": torch_stepper(config, FLAGS.warmup, False)[0]}
     compiled = "n/a"
     compiled_ratio = "n/a"
     if FLAGS.torch_compile:
       try:
-        tc = time_torch(config, FLAGS.steps, FLAGS.warmup, compile_modules=True)
-        compiled = f"{tc['step_s']:.3f}"
-        compiled_ratio = f"{tc['step_s'] / j['step_s']:.2f}"
+        sides["compile"] = torch_stepper(config, FLAGS.warmup, True)[0]
       except Exception as e:  # noqa: BLE001 - report, don't stop the table
         compiled = f"failed ({type(e).__name__})"
-    ratio = te["step_s"] / j["step_s"]
+    # Rounds alternate the sides, so a machine that drifts (a shared VM) slows all alike.
+    times = {side: [] for side in sides}
+    for _ in range(FLAGS.rounds):
+      for side, run in sides.items():
+        times[side].append(run(FLAGS.steps))
+    step_s = {side: statistics.median(t) for side, t in times.items()}
+    ratio = statistics.median(e / t for e, t in zip(times["eager"], times["jax"], strict=True))
+    if "compile" in times:
+      compiled = f"{step_s['compile']:.3f}"
+      compiled_ratio = statistics.median(
+        c / t for c, t in zip(times["compile"], times["jax"], strict=True)
+      )
+      compiled_ratio = f"{compiled_ratio:.2f}"
     ratios.append(ratio)
-    jax_times[k, s, b] = j["step_s"]
-    mfu = j["flops"] / j["step_s"] / peak
+    jax_s = jax_times[k, s, b] = step_s["jax"]
+    mfu = j["flops"] / jax_s / peak
     print(
-      f"| {k} | {s} | {b} | {j['step_s']:.3f} | {b / j['step_s']:.1f} | {te['step_s']:.3f} "
+      f"| {k} | {s} | {b} | {jax_s:.3f} | {b / jax_s:.1f} | {step_s['eager']:.3f} "
       f"| {compiled} | {ratio:.2f} | {compiled_ratio} | {j['compile_s']:.1f} "
       f"| {j['flops'] / 1e9:.1f} | {100 * mfu:.1f}% |",
       flush=True,
@@ -346,7 +384,10 @@ def define_flags() -> None:
   flags.DEFINE_list("k", ["3"], "Number(s) of generators.")
   flags.DEFINE_list("image_size", ["32"], "Image side(s): 32 or 64 (16, 128 also work).")
   flags.DEFINE_list("batch_size", ["64"], "Batch size(s).")
-  flags.DEFINE_integer("steps", 5, "Timed steps per side and case.")
+  flags.DEFINE_integer("steps", 5, "Timed steps per side, case and round.")
+  flags.DEFINE_integer(
+    "rounds", 3, "Timing rounds per case; each times every side in turn (JAX, eager, compile)."
+  )
   flags.DEFINE_integer("warmup", 2, "Untimed steps first (JAX: after compiling).")
   flags.DEFINE_enum(
     "transfer", "image", ["image", "feature_output_side"], "Transfer edges for k >= 2."

@@ -69,6 +69,7 @@ def test_benchmark_cli_prints_table_and_ratio_line():
     "--image_size=16",
     "--batch_size=8",
     "--steps=1",
+    "--rounds=2",
     "--warmup=1",
     "--notorch_compile",
   ]
