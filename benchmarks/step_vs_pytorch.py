@@ -356,10 +356,10 @@ def main(argv):
     ratio = statistics.median(e / t for e, t in zip(times["eager"], times["jax"], strict=True))
     if "compile" in times:
       compiled = f"{step_s['compile']:.3f}"
-      compiled_ratio = statistics.median(
+      c_ratio = statistics.median(
         c / t for c, t in zip(times["compile"], times["jax"], strict=True)
       )
-      compiled_ratio = f"{compiled_ratio:.2f}"
+      compiled_ratio = f"{c_ratio:.2f}"
     ratios.append(ratio)
     jax_s = jax_times[k, s, b] = step_s["jax"]
     mfu = j["flops"] / jax_s / peak
