@@ -36,6 +36,11 @@ from cgan_jax.state import GANState
 Metrics = dict[str, jax.Array]
 
 
+def _generator_slice(stacked, i: int):
+  """Generator i's slice of a pytree whose leaves are stacked [k, ...]."""
+  return jax.tree.map(lambda a: a[i], stacked)
+
+
 def make_train_step(
   *,
   generator,
@@ -75,7 +80,7 @@ def make_train_step(
     """
     if not unroll:
       return jax.vmap(fn)(*per_generator)
-    outs = [fn(*jax.tree.map(lambda a, i=i: a[i], per_generator)) for i in range(k)]
+    outs = [fn(*_generator_slice(per_generator, i)) for i in range(k)]
     return jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
 
   def g_apply(params, batch_stats, z):
@@ -122,9 +127,7 @@ def make_train_step(
       carry = (state.d_params, state.d_state, state.d_opt_state)
       outs = []
       for i in range(k):
-        g_params_i, g_stats_i = jax.tree.map(
-          lambda a, i=i: a[i], (state.g_params, state.g_batch_stats)
-        )
+        g_params_i, g_stats_i = _generator_slice((state.g_params, state.g_batch_stats), i)
         d_params, d_state, d_opt, loss_r, hit_r = d_update(*carry, real, real_labels)
         fake = fake_batch(g_params_i, g_stats_i, fake_keys[i], b)
         d_params, d_state, d_opt, loss_f, hit_f = d_update(
