@@ -53,8 +53,13 @@ def main(argv):
   input_ips = FLAGS.steps * b / (time.perf_counter() - t0)
 
   t = train.make_training(config, steps_per_epoch=100, init_key=jax.random.PRNGKey(0))
-  step, st, ga = jax.jit(t.train_step), t.state, t.graph
-  real = preprocess(next(iter(input_pipeline.EpochBatches(images, b, config.seed, 0))))
+  # Jitted, sharded and compiled as training does it (donated state, CPU compiler options).
+  shardings = parallel.state_sharding(t.state, mesh)
+  step = parallel.shard_step(t.train_step, shardings)
+  st = jax.device_put(t.state, shardings)
+  ga = jax.device_put(t.graph, parallel.replicated(mesh))
+  raw = next(iter(input_pipeline.EpochBatches(images, b, config.seed, 0)))
+  real = preprocess(jax.device_put(raw, sharding))
   for _ in range(2):
     st, m = step(st, real, ga)
   jax.block_until_ready(st)

@@ -79,3 +79,21 @@ def test_benchmark_cli_prints_table_and_ratio_line():
   assert any(line.startswith("| 2 | 16 | 8 |") for line in lines)
   assert lines[-1].startswith("torch/jax step time ratio: ")
   assert float(lines[-1].split(": ")[1]) > 0
+
+
+def test_input_pipeline_benchmark_cli():
+  cmd = [
+    sys.executable,
+    "benchmarks/input_pipeline.py",
+    "--config.data.source=synthetic",
+    "--config.data.image_size=16",
+    "--config.model.g_width=4",
+    "--config.model.d_width=4",
+    "--config.train.batch_size=8",
+    "--steps=2",
+  ]
+  out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-2000:]
+  rates = dict(line.split(":", 1) for line in out.stdout.strip().splitlines()[-3:])
+  assert set(rates) == {"input images/s", "training images/s", "input / training"}
+  assert float(rates["input images/s"]) > 0 and float(rates["training images/s"]) > 0
