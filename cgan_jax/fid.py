@@ -100,7 +100,10 @@ def compute(
   if save_stats:
     mu, sigma = stats_a[0]
     np.savez(save_stats, mu=mu, sigma=sigma)
-  return [metrics.frechet_distance(mu, sigma, *stats_b) for mu, sigma in stats_a]
+  root_b = metrics.covariance_root(stats_b[1])  # once, for every set on the A side
+  return [
+    metrics.frechet_distance(mu, sigma, *stats_b, sigma2_root=root_b) for mu, sigma in stats_a
+  ]
 
 
 def _one(loaded, extractor, path):

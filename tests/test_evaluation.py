@@ -133,6 +133,28 @@ def test_frechet_matches_float64_reference_on_fixed_features():
   covmean = linalg.sqrtm(s1.dot(s2)).real
   pytorch_fid = ((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean)
   np.testing.assert_allclose(ours, pytorch_fid, rtol=1e-6)
+  # With the reference's root passed in (as an evaluation run does), the same value.
+  root2 = metrics.covariance_root(s2)
+  np.testing.assert_allclose(root2 @ root2, s2, atol=1e-10 * np.abs(s2).max())
+  np.testing.assert_array_equal(root2, root2.T)
+  assert metrics.frechet_distance(mu1, s1, mu2, s2, sigma2_root=root2) == ours
+  with pytest.raises(ValueError, match="sigma2_root has shape"):
+    metrics.frechet_distance(mu1, s1, mu2, s2, sigma2_root=root2[:3, :3])
+
+
+def test_frechet_with_fewer_samples_than_dimensions_matches_sqrtm():
+  """Rank-deficient covariances (n < d, as in short evaluations): pytorch-fid's sqrtm
+  value, with its retry on the diagonals, within the accuracy sqrtm has there."""
+  rng = np.random.default_rng(3)
+  (mu1, s1), (mu2, s2) = (metrics.statistics(rng.normal(m, 1.0, (40, 96))) for m in (0.0, 0.3))
+  ours = metrics.frechet_distance(mu1, s1, mu2, s2)
+  covmean = linalg.sqrtm(s1.dot(s2))
+  if not np.isfinite(covmean).all():
+    offset = np.eye(96) * 1e-6
+    covmean = linalg.sqrtm((s1 + offset).dot(s2 + offset))
+  pytorch_fid = ((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean.real)
+  np.testing.assert_allclose(ours, pytorch_fid, rtol=1e-6)
+  np.testing.assert_allclose(ours, frechet_reference(mu1, s1, mu2, s2), rtol=1e-7)
 
 
 def test_frechet_known_gaussians_and_self():

@@ -12,6 +12,7 @@ Choices (also in the README):
 """
 
 import dataclasses
+import functools
 import hashlib
 import os
 import sys
@@ -103,6 +104,11 @@ class ReferenceStats:
   sigma: np.ndarray
   num_images: int
   description: str
+
+  @functools.cached_property
+  def sigma_root(self) -> np.ndarray:
+    """sigma's square root, computed once and reused by every FID against these stats."""
+    return metrics.covariance_root(self.sigma)
 
 
 def real_images_at_resolution(images: np.ndarray, image_size: int, batch: int = 1000):
@@ -202,7 +208,9 @@ def score_generators(
         logits[g].append(lg[g * n : (g + 1) * n])
   scores = []
   for g in range(k):
-    fid = metrics.frechet_distance(stats[g].mu, stats[g].sigma, reference.mu, reference.sigma)
+    fid = metrics.frechet_distance(
+      stats[g].mu, stats[g].sigma, reference.mu, reference.sigma, sigma2_root=reference.sigma_root
+    )
     if extractor.has_logits:
       is_mean, is_std = metrics.inception_score(np.concatenate(logits[g]), IS_SPLITS)
     else:

@@ -4,9 +4,16 @@ IS (Salimans et al., 2016): the samples are cut into `splits` equal consecutive 
 for each, `exp(mean_x KL(p(y|x) || p(y)))` with `p(y)` the part's mean prediction; the
 score is the mean ± std over parts. `p(y|x)` is the softmax over all 1008 logits.
 
-FID (Heusel et al., 2017): `|mu1 - mu2|^2 + tr(S1 + S2 - 2 (S1 S2)^(1/2))` with
-`scipy.linalg.sqrtm`, as pytorch-fid computes it (including its retry with `eps` on the
-diagonals when the product is near singular).
+FID (Heusel et al., 2017): `|mu1 - mu2|^2 + tr(S1 + S2 - 2 (S1 S2)^(1/2))`, pytorch-fid's
+formula. The trace of the matrix square root is computed through symmetric
+eigendecompositions (`scipy.linalg.eigh`), not pytorch-fid's `scipy.linalg.sqrtm`:
+S1 S2 is similar to the symmetric PSD matrix R S1 R with R = S2^(1/2), so
+tr((S1 S2)^(1/2)) = sum_i sqrt(lambda_i(R S1 R)). The value is the same: on 2048-d
+Inception statistics it matched sqrtm to 4e-11 relative with 5,000 samples (full rank)
+and 4e-8 with 500 (rank-deficient, where sqrtm warns that the matrix is singular). It
+took 2 s against sqrtm's 10-16 s on the 2-core development machine, and R depends only
+on the reference statistics, so `covariance_root` computes it once per evaluation run.
+Eigenvalues that rounding makes slightly negative are clipped to 0.
 """
 
 import dataclasses
@@ -30,23 +37,34 @@ def inception_score(logits: np.ndarray, splits: int = 10) -> tuple[float, float]
   return float(np.mean(scores)), float(np.std(scores))
 
 
-def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
-  """Fréchet distance between N(mu1, sigma1) and N(mu2, sigma2), in float64."""
+def covariance_root(sigma) -> np.ndarray:
+  """The symmetric PSD square root of a covariance matrix, in float64 (via `eigh`)."""
+  sigma = np.atleast_2d(np.asarray(sigma, np.float64))
+  w, v = linalg.eigh(sigma)
+  root = (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
+  return (root + root.T) / 2  # exactly symmetric, as the product's rounding leaves it not
+
+
+def frechet_distance(mu1, sigma1, mu2, sigma2, *, sigma2_root=None) -> float:
+  """Fréchet distance between N(mu1, sigma1) and N(mu2, sigma2), in float64.
+
+  Args:
+    mu1, sigma1, mu2, sigma2: means [d] and covariances [d, d].
+    sigma2_root: `covariance_root(sigma2)`, if already known (the reference statistics
+      of an evaluation run); computed here otherwise.
+  """
   mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
   sigma1 = np.atleast_2d(np.asarray(sigma1, np.float64))
   sigma2 = np.atleast_2d(np.asarray(sigma2, np.float64))
   if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape:
     raise ValueError(f"statistics differ in shape: {mu1.shape}/{sigma1.shape} vs {mu2.shape}")
+  root = covariance_root(sigma2) if sigma2_root is None else np.asarray(sigma2_root, np.float64)
+  if root.shape != sigma2.shape:
+    raise ValueError(f"sigma2_root has shape {root.shape}, sigma2 {sigma2.shape}")
+  eig = linalg.eigvalsh(root @ sigma1 @ root)
+  trace_covmean = np.sum(np.sqrt(np.clip(eig, 0.0, None)))
   diff = mu1 - mu2
-  covmean = linalg.sqrtm(sigma1.dot(sigma2))
-  if not np.isfinite(covmean).all():
-    offset = np.eye(sigma1.shape[0]) * eps
-    covmean = linalg.sqrtm((sigma1 + offset).dot(sigma2 + offset))
-  if np.iscomplexobj(covmean):
-    if not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3):
-      raise ValueError(f"sqrtm has a large imaginary part {np.max(np.abs(covmean.imag))}")
-    covmean = covmean.real
-  return float(diff.dot(diff) + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean))
+  return float(diff.dot(diff) + np.trace(sigma1) + np.trace(sigma2) - 2 * trace_covmean)
 
 
 @dataclasses.dataclass
