@@ -61,10 +61,17 @@ def test_torch_step_runs_and_updates_every_generator():
     assert all(not torch.equal(a, b) for a, b in zip(old, m.parameters(), strict=True))
 
 
+def _run_benchmark(script: str, *args: str) -> list[str]:
+  """Runs benchmarks/<script> with args from the repository root; its stdout lines."""
+  cmd = [sys.executable, f"benchmarks/{script}", *args]
+  out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-2000:]
+  return out.stdout.strip().splitlines()
+
+
 def test_benchmark_cli_prints_table_and_ratio_line():
-  cmd = [
-    sys.executable,
-    "benchmarks/step_vs_pytorch.py",
+  lines = _run_benchmark(
+    "step_vs_pytorch.py",
     "--k=2",
     "--image_size=16",
     "--batch_size=8",
@@ -72,28 +79,22 @@ def test_benchmark_cli_prints_table_and_ratio_line():
     "--rounds=2",
     "--warmup=1",
     "--notorch_compile",
-  ]
-  out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
-  assert out.returncode == 0, out.stderr[-2000:]
-  lines = out.stdout.strip().splitlines()
+  )
   assert any(line.startswith("| 2 | 16 | 8 |") for line in lines)
   assert lines[-1].startswith("torch/jax step time ratio: ")
   assert float(lines[-1].split(": ")[1]) > 0
 
 
 def test_input_pipeline_benchmark_cli():
-  cmd = [
-    sys.executable,
-    "benchmarks/input_pipeline.py",
+  lines = _run_benchmark(
+    "input_pipeline.py",
     "--config.data.source=synthetic",
     "--config.data.image_size=16",
     "--config.model.g_width=4",
     "--config.model.d_width=4",
     "--config.train.batch_size=8",
     "--steps=2",
-  ]
-  out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
-  assert out.returncode == 0, out.stderr[-2000:]
-  rates = dict(line.split(":", 1) for line in out.stdout.strip().splitlines()[-3:])
+  )
+  rates = dict(line.split(":", 1) for line in lines[-3:])
   assert set(rates) == {"input images/s", "training images/s", "input / training"}
   assert float(rates["input images/s"]) > 0 and float(rates["training images/s"]) > 0
