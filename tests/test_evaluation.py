@@ -122,6 +122,16 @@ def frechet_reference(mu1, s1, mu2, s2):
   )
 
 
+def pytorch_fid_reference(mu1, s1, mu2, s2, eps=1e-6):
+  """pytorch-fid's own formula in float64: scipy's sqrtm, retried with eps on the
+  diagonals when the product is singular, and its real part."""
+  covmean = linalg.sqrtm(s1.dot(s2))
+  if not np.isfinite(covmean).all():
+    offset = np.eye(s1.shape[0]) * eps
+    covmean = linalg.sqrtm((s1 + offset).dot(s2 + offset))
+  return ((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean.real)
+
+
 def test_frechet_matches_float64_reference_on_fixed_features():
   rng = np.random.default_rng(0)
   a = rng.normal(size=(400, 64)) @ rng.normal(size=(64, 64)) * 0.3
@@ -129,10 +139,7 @@ def test_frechet_matches_float64_reference_on_fixed_features():
   (mu1, s1), (mu2, s2) = metrics.statistics(a), metrics.statistics(b)
   ours = metrics.frechet_distance(mu1, s1, mu2, s2)
   np.testing.assert_allclose(ours, frechet_reference(mu1, s1, mu2, s2), rtol=1e-6)
-  # pytorch-fid's own formula, verbatim in float64.
-  covmean = linalg.sqrtm(s1.dot(s2)).real
-  pytorch_fid = ((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean)
-  np.testing.assert_allclose(ours, pytorch_fid, rtol=1e-6)
+  np.testing.assert_allclose(ours, pytorch_fid_reference(mu1, s1, mu2, s2), rtol=1e-6)
   # With the reference's root passed in (as an evaluation run does), the same value.
   root2 = metrics.covariance_root(s2)
   np.testing.assert_allclose(root2 @ root2, s2, atol=1e-10 * np.abs(s2).max())
@@ -143,17 +150,12 @@ def test_frechet_matches_float64_reference_on_fixed_features():
 
 
 def test_frechet_with_fewer_samples_than_dimensions_matches_sqrtm():
-  """Rank-deficient covariances (n < d, as in short evaluations): pytorch-fid's sqrtm
-  value, with its retry on the diagonals, within the accuracy sqrtm has there."""
+  """Rank-deficient covariances (n < d, as in short evaluations): pytorch-fid's value,
+  within the accuracy sqrtm has there."""
   rng = np.random.default_rng(3)
   (mu1, s1), (mu2, s2) = (metrics.statistics(rng.normal(m, 1.0, (40, 96))) for m in (0.0, 0.3))
   ours = metrics.frechet_distance(mu1, s1, mu2, s2)
-  covmean = linalg.sqrtm(s1.dot(s2))
-  if not np.isfinite(covmean).all():
-    offset = np.eye(96) * 1e-6
-    covmean = linalg.sqrtm((s1 + offset).dot(s2 + offset))
-  pytorch_fid = ((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean.real)
-  np.testing.assert_allclose(ours, pytorch_fid, rtol=1e-6)
+  np.testing.assert_allclose(ours, pytorch_fid_reference(mu1, s1, mu2, s2), rtol=1e-6)
   np.testing.assert_allclose(ours, frechet_reference(mu1, s1, mu2, s2), rtol=1e-7)
 
 
