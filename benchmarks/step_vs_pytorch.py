@@ -242,8 +242,7 @@ def torch_stepper(config, warmup: int, compile_modules: bool):
   """Builds and warms up the PyTorch step (eager, or modules under torch.compile).
 
   Returns:
-    (time_steps, info): time_steps(n) runs n more steps and returns their mean seconds
-    per step; info holds the warm-up time (torch.compile compiles there) and the device.
+    time_steps(n): runs n more steps and returns their mean seconds per step.
   """
   import torch
 
@@ -263,11 +262,9 @@ def torch_stepper(config, warmup: int, compile_modules: bool):
     if device == "cuda":
       torch.cuda.synchronize()
 
-  t0 = time.perf_counter()
-  for _ in range(warmup):
+  for _ in range(warmup):  # torch.compile compiles here
     step(real)
   sync()
-  warmup_s = time.perf_counter() - t0
 
   def time_steps(n: int) -> float:
     t0 = time.perf_counter()
@@ -279,7 +276,7 @@ def torch_stepper(config, warmup: int, compile_modules: bool):
       raise RuntimeError("PyTorch step produced a non-finite loss")
     return step_s
 
-  return time_steps, {"warmup_s": warmup_s, "device": device}
+  return time_steps
 
 
 # ---------------------------------------------------------------------------------------
@@ -339,12 +336,12 @@ def main(argv):
   for k, s, b in cases:
     config = jax_config(k, s, b, FLAGS.transfer)
     jax_run, j = jax_stepper(config, FLAGS.warmup)
-    sides = {"jax": jax_run, "eager": torch_stepper(config, FLAGS.warmup, False)[0]}
+    sides = {"jax": jax_run, "eager": torch_stepper(config, FLAGS.warmup, False)}
     compiled = "n/a"
     compiled_ratio = "n/a"
     if FLAGS.torch_compile:
       try:
-        sides["compile"] = torch_stepper(config, FLAGS.warmup, True)[0]
+        sides["compile"] = torch_stepper(config, FLAGS.warmup, True)
       except Exception as e:  # noqa: BLE001 - report, don't stop the table
         compiled = f"failed ({type(e).__name__})"
     # Rounds alternate the sides, so a machine that drifts (a shared VM) slows all alike.
