@@ -58,6 +58,8 @@ def validate_config(config) -> None:
   ema = config.model.ema_decay
   if not isinstance(ema, int | float) or not 0.0 <= ema < 1.0:
     raise ConfigError(f"config.model.ema_decay={ema!r} must be in [0, 1) (0 turns EMA off)")
+  if init_scheme(config) not in models.INITS:
+    raise choice_error("config.model.init", init_scheme(config), models.INITS)
   impl = conv_impl(config)
   if impl not in models.CONV_IMPLS:
     raise choice_error("config.model.conv_impl", impl, models.CONV_IMPLS)
@@ -105,6 +107,7 @@ def _validate_eval(config) -> None:
   _check_int("config.eval.num_samples", e.num_samples, 10)
   _check_int("config.eval.final_num_samples", e.final_num_samples, 10)
   _check_int("config.eval.num_grid", e.num_grid, 1)
+  _check_int("config.eval.num_reference", e.get("num_reference", 0), 0)
   _check_int("config.checkpoint.every_epochs", config.checkpoint.every_epochs, 1)
   _check_int("config.checkpoint.keep", config.checkpoint.keep, 1)
   w = e.inception_weights
@@ -155,6 +158,12 @@ def _validate_graph(config) -> None:
 def conv_impl(config) -> str:
   """How the 4x4 layers are computed (`models.CONV_IMPLS`; 'phase' in configs older than it)."""
   return config.model.get("conv_impl", "phase")
+
+
+def init_scheme(config) -> str:
+  """Parameter initialisation (`models.INITS`); 'lecun' (Flax's default, what earlier
+  versions used) in configs older than the field."""
+  return config.model.get("init", "lecun")
 
 
 def gen_devices(config) -> int:

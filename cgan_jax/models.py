@@ -35,8 +35,50 @@ SUPPORTED_IMAGE_SIZES = (16, 32, 64, 128)
 D_NORMS = ("spectral", "batch")
 SPECTRAL = "spectral"  # collection of the spectral-norm power-iteration state
 CONV_IMPLS = ("phase", "xla")
+# Parameter initialisation schemes (`config.model.init`), see `initializers`.
+INITS = ("dcgan", "lecun", "torch")
 
 Dtype = Any
+Initializer = Any
+
+
+def initializers(scheme: str, kind: str, fan_in: int) -> tuple[Initializer, Initializer]:
+  """(kernel_init, bias_init) of one layer under an initialisation scheme.
+
+  Schemes:
+    dcgan  N(0, 0.02) kernels, zero biases, BatchNorm scale N(1, 0.02) (`batch_norm_scale_init`),
+           as in DCGAN (Radford et al., 2016, section 4), which the paper builds on. The
+           default: with Flax's lecun normal the SN models stayed collapsed for the first
+           epochs (benchmarks/README.md, "Learning parity").
+    lecun  Flax's defaults: lecun normal (truncated, std 1/sqrt(fan_in)) kernels, zero biases.
+    torch  PyTorch's defaults: kernels and biases U(-1/sqrt(fan_in), 1/sqrt(fan_in)), where
+           fan_in is in_features for Linear, cin * 16 for Conv2d and cout * 16 for
+           ConvTranspose2d (PyTorch reads its [cin, cout, 4, 4] weight's second axis).
+
+  Args:
+    scheme: one of `INITS`.
+    kind: 'dense', 'conv' or 'conv_transpose' (only 'torch' tells them apart).
+    fan_in: the layer's fan-in as PyTorch computes it (only 'torch' uses it).
+  """
+  if scheme == "dcgan":
+    return nn.initializers.normal(0.02), nn.initializers.zeros_init()
+  if scheme == "lecun":
+    return nn.initializers.lecun_normal(), nn.initializers.zeros_init()
+  if scheme == "torch":
+    bound = 1.0 / math.sqrt(fan_in)
+
+    def uniform(key, shape, dtype=jnp.float32):
+      return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return uniform, uniform
+  raise ValueError(f"init={scheme!r} must be one of {INITS}")
+
+
+def batch_norm_scale_init(scheme: str) -> Initializer:
+  """BatchNorm's scale: N(1, 0.02) for 'dcgan', ones otherwise (Flax's and PyTorch's)."""
+  if scheme == "dcgan":
+    return lambda key, shape, dtype=jnp.float32: 1.0 + 0.02 * jax.random.normal(key, shape, dtype)
+  return nn.initializers.ones_init()
 
 
 def num_generator_layers(image_size: int) -> int:
@@ -215,24 +257,28 @@ class _Conv4x4(nn.Module):
     use_bias: add a bias.
     dtype: computation dtype (parameters stay float32).
     impl: 'phase' or 'xla'; equal results and gradients.
+    init_scheme: initialisation scheme (`INITS`, see `initializers`).
   """
 
   features: int
   use_bias: bool = True
   dtype: Dtype = jnp.float32
   impl: str = "phase"
+  init_scheme: str = "dcgan"
+  kind = "conv"
 
   def op(self, x: jax.Array, kernel: jax.Array) -> jax.Array:
     raise NotImplementedError
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    kernel = self.param(
-      "kernel", nn.initializers.lecun_normal(), (4, 4, x.shape[-1], self.features), jnp.float32
-    )
+    cin = x.shape[-1]
+    fan_in = 16 * (self.features if self.kind == "conv_transpose" else cin)
+    kernel_init, bias_init = initializers(self.init_scheme, self.kind, fan_in)
+    kernel = self.param("kernel", kernel_init, (4, 4, cin, self.features), jnp.float32)
     bias = None
     if self.use_bias:
-      bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32)
+      bias = self.param("bias", bias_init, (self.features,), jnp.float32)
     x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
     y = self.op(x, kernel)
     return y if bias is None else y + bias
@@ -240,6 +286,8 @@ class _Conv4x4(nn.Module):
 
 class ConvTranspose2x(_Conv4x4):
   """`conv_transpose_2x` as a layer (the generator's); see `_Conv4x4` for attributes."""
+
+  kind = "conv_transpose"
 
   def op(self, x, kernel):
     return conv_transpose_2x(x, kernel, self.impl)
@@ -297,6 +345,8 @@ class Generator(nn.Module):
     dtype: computation dtype (parameters stay float32).
     conv_impl: how the transposed convolutions are computed ('phase' or 'xla'; equal
       results, see `conv_transpose_2x`).
+    init_scheme: parameter initialisation scheme (`INITS`; 'dcgan' = N(0, 0.02), see
+      `initializers`).
   """
 
   image_size: int = 64
@@ -304,25 +354,35 @@ class Generator(nn.Module):
   channels: int = 3
   dtype: Dtype = jnp.float32
   conv_impl: str = "phase"
+  init_scheme: str = "dcgan"
 
   @nn.compact
   def __call__(self, z: jax.Array, *, train: bool) -> tuple[jax.Array, list[jax.Array]]:
     """Maps z [b, z_dim] to (image [b, s, s, 3] in [-1, 1], features per layer)."""
     norm = lambda: nn.BatchNorm(  # noqa: E731
-      use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype
+      use_running_average=not train,
+      momentum=0.9,
+      epsilon=1e-5,
+      dtype=self.dtype,
+      scale_init=batch_norm_scale_init(self.init_scheme),
+    )
+    conv = lambda ch, **kw: ConvTranspose2x(  # noqa: E731
+      ch, dtype=self.dtype, impl=self.conv_impl, init_scheme=self.init_scheme, **kw
     )
     n_layers = num_generator_layers(self.image_size)
     features = []
     ch = 8 * self.width
-    x = nn.Dense(4 * 4 * ch, use_bias=False, dtype=self.dtype)(z.astype(self.dtype))
+    kernel_init, _ = initializers(self.init_scheme, "dense", z.shape[-1])
+    x = nn.Dense(4 * 4 * ch, use_bias=False, dtype=self.dtype, kernel_init=kernel_init)(
+      z.astype(self.dtype)
+    )
     x = nn.relu(norm()(x.reshape(z.shape[0], 4, 4, ch)))
     features.append(x)
     for _ in range(n_layers - 2):
       ch //= 2
-      x = ConvTranspose2x(ch, use_bias=False, dtype=self.dtype, impl=self.conv_impl)(x)
-      x = nn.relu(norm()(x))
+      x = nn.relu(norm()(conv(ch, use_bias=False)(x)))
       features.append(x)
-    x = ConvTranspose2x(self.channels, dtype=self.dtype, impl=self.conv_impl)(x)
+    x = conv(self.channels)(x)
     image = jnp.tanh(x.astype(jnp.float32))
     features.append(image)
     return image, features
@@ -339,6 +399,7 @@ class Discriminator(nn.Module):
     dtype: computation dtype.
     conv_impl: how the convolutions' input gradients are computed ('phase' or 'xla';
       equal results, see `conv_4x4_s2`).
+    init_scheme: parameter initialisation scheme (`INITS`, see `initializers`).
   """
 
   k: int = 1
@@ -347,6 +408,7 @@ class Discriminator(nn.Module):
   norm: str = "spectral"
   dtype: Dtype = jnp.float32
   conv_impl: str = "phase"
+  init_scheme: str = "dcgan"
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
@@ -370,18 +432,29 @@ class Discriminator(nn.Module):
       # A bias right before BatchNorm is cancelled by it (zero gradient up to rounding,
       # which Adam would amplify into noise), so BN convs have none, as in PyTorch's DCGAN.
       batch_norm = self.norm != "spectral" and i > 0
-      conv = Conv4x4s2(ch, use_bias=not batch_norm, dtype=self.dtype, impl=self.conv_impl)
+      conv = Conv4x4s2(
+        ch,
+        use_bias=not batch_norm,
+        dtype=self.dtype,
+        impl=self.conv_impl,
+        init_scheme=self.init_scheme,
+      )
       if self.norm == "spectral":
         x = sn(conv)(x, update_stats=train)
       else:
         x = conv(x)
         if batch_norm:
           x = nn.BatchNorm(
-            use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype
+            use_running_average=not train,
+            momentum=0.9,
+            epsilon=1e-5,
+            dtype=self.dtype,
+            scale_init=batch_norm_scale_init(self.init_scheme),
           )(x)
       x = nn.leaky_relu(x, 0.2)
       ch *= 2
     x = x.reshape(x.shape[0], -1)
-    dense = nn.Dense(self.k + 1, dtype=self.dtype)
+    kernel_init, bias_init = initializers(self.init_scheme, "dense", x.shape[-1])
+    dense = nn.Dense(self.k + 1, dtype=self.dtype, kernel_init=kernel_init, bias_init=bias_init)
     x = sn(dense)(x, update_stats=train) if self.norm == "spectral" else dense(x)
     return x.astype(jnp.float32)

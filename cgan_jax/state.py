@@ -52,6 +52,7 @@ def make_models(config) -> tuple[models.Generator, models.Discriminator]:
     width=config.model.g_width,
     dtype=dtype,
     conv_impl=configlib.conv_impl(config),
+    init_scheme=configlib.init_scheme(config),
   )
   discriminator = models.Discriminator(
     k=config.model.k,
@@ -60,6 +61,7 @@ def make_models(config) -> tuple[models.Generator, models.Discriminator]:
     norm=configlib.d_norm(config),
     dtype=dtype,
     conv_impl=configlib.conv_impl(config),
+    init_scheme=configlib.init_scheme(config),
   )
   return generator, discriminator
 

@@ -1,5 +1,7 @@
 """Models: shapes, stacking over k, spectral norm."""
 
+import os
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -9,7 +11,7 @@ import pytest
 
 from cgan_jax import models
 
-from .conftest import build, tiny_config
+from .conftest import ROOT, build, tiny_config
 
 
 @pytest.mark.parametrize("size,n_layers", [(16, 3), (32, 4), (64, 5)])
@@ -242,7 +244,7 @@ def test_phase_conv_transpose_gradients_under_vmap(batched):
 def test_conv_transpose_layer_matches_flax_layer_params_and_output():
   """Same parameter names, shapes and init distribution as nn.ConvTranspose; same output."""
   x = jax.random.normal(jax.random.PRNGKey(0), (2, 4, 4, 32))
-  ours = models.ConvTranspose2x(16)
+  ours = models.ConvTranspose2x(16, init_scheme="lecun")
   flax_layer = nn.ConvTranspose(16, (4, 4), strides=(2, 2), padding=((2, 2), (2, 2)))
   p = ours.init(jax.random.PRNGKey(1), x)
   q = flax_layer.init(jax.random.PRNGKey(1), x)
@@ -351,3 +353,50 @@ def test_discriminator_phase_and_xla_forms_agree_with_spectral_norm():
 
   for a, b in zip(jax.tree.leaves(grads(phase)), jax.tree.leaves(grads(xla)), strict=True):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * float(jnp.abs(b).max()) + 1e-8)
+
+
+def _kernels(variables):
+  return {
+    "/".join(str(getattr(k, "key", k)) for k in path): leaf
+    for path, leaf in jax.tree_util.tree_leaves_with_path(variables["params"])
+  }
+
+
+def test_dcgan_init_is_normal_002_with_batchnorm_scale_near_one():
+  """DCGAN's init (the default): kernels N(0, 0.02), biases 0, BatchNorm scale N(1, 0.02)."""
+  gen = models.Generator(image_size=32, width=16)
+  v = gen.init(jax.random.PRNGKey(0), jnp.zeros((1, 100)), train=False)
+  leaves = _kernels(v)
+  kernels = [a for name, a in leaves.items() if name.endswith("kernel")]
+  assert len(kernels) == 4  # the projection of z and three transposed convolutions
+  for a in kernels:
+    np.testing.assert_allclose(float(jnp.std(a)), 0.02, rtol=0.1)
+    assert abs(float(jnp.mean(a))) < 0.002
+  scales = [a for name, a in leaves.items() if name.endswith("scale")]
+  assert len(scales) == 3
+  for a in scales:
+    assert 0.9 < float(a.min()) and float(a.max()) < 1.1 and float(jnp.std(a)) > 0.005
+  assert all(float(jnp.abs(a).max()) == 0 for n, a in leaves.items() if n.endswith("bias"))
+
+
+def test_torch_init_uses_pytorchs_fan_in_conventions():
+  """'torch': U(+-1/sqrt(fan_in)), fan_in = cout * 16 for a transposed convolution."""
+  layer = models.ConvTranspose2x(8, init_scheme="torch")
+  v = layer.init(jax.random.PRNGKey(0), jnp.zeros((1, 4, 4, 64)))
+  bound = 1 / np.sqrt(8 * 16)
+  kernel = np.asarray(v["params"]["kernel"])
+  assert kernel.max() <= bound and kernel.min() >= -bound and kernel.max() > 0.9 * bound
+  np.testing.assert_allclose(kernel.std(), bound / np.sqrt(3), rtol=0.05)
+  conv = models.Conv4x4s2(8, init_scheme="torch")
+  v = conv.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 3)))
+  assert np.abs(np.asarray(v["params"]["kernel"])).max() <= 1 / np.sqrt(3 * 16)
+
+
+def test_unknown_init_scheme_is_a_config_error():
+  from cgan_jax import configlib
+  from cgan_jax.errors import ConfigError
+
+  c = configlib.load_config(os.fspath(ROOT / "configs" / "cifar64.py") + ":smoke")
+  c.model.init = "xavier"
+  with pytest.raises(ConfigError, match=r"config.model.init='xavier' is not allowed"):
+    configlib.validate_config(c)
