@@ -43,6 +43,11 @@ def make_best_manager(workdir: str, mode: str) -> ocp.CheckpointManager:
 
 
 def save(manager: ocp.CheckpointManager, step: int, state, metrics=None) -> None:
+  """Saves `state` at `step`. A step that is already there is kept as it is: a resumed run
+  that redoes steps after a lost checkpoint reaches the same state (training is
+  deterministic), e.g. a best/ checkpoint taken before the loss."""
+  if step in manager.all_steps():
+    return
   manager.save(step, args=ocp.args.StandardSave(state), metrics=metrics, force=True)
 
 

@@ -8,6 +8,7 @@ resuming from the newest readable checkpoint in the workdir.
 import json
 import os
 import signal
+import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -16,9 +17,18 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from cgan_jax import checkpointing, configlib, input_pipeline, parallel, sampling, steps
+from cgan_jax import (
+  checkpointing,
+  configlib,
+  input_pipeline,
+  parallel,
+  sampling,
+  steps,
+  writers,
+)
 from cgan_jax import gates as gates_lib
 from cgan_jax import graph as graph_lib
+from cgan_jax import scores as scores_lib
 from cgan_jax import state as state_lib
 from cgan_jax.errors import ConfigError
 from cgan_jax.evaluation import evaluator as evaluator_lib
@@ -201,12 +211,6 @@ def _check_finite(history: list[dict], step: int, last_good: int | None, workdir
       )
 
 
-def _make_writer(workdir: str):
-  from clu import metric_writers
-
-  return metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   """Trains (or resumes) a run in `workdir`; returns the final `GANState`.
 
@@ -223,7 +227,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
 
   os.makedirs(workdir, exist_ok=True)
   write_config(workdir, config)
-  writer = _make_writer(workdir)
+  writer = writers.make_writer(workdir, just_logging=jax.process_index() > 0)
   writer.write_hparams(_flatten_hparams(config))
 
   spe = input_pipeline.steps_per_epoch(len(images), config.train.batch_size)
@@ -259,11 +263,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
     jax.random.fold_in(eval_key, 0), config.eval.num_grid, config.model.z_dim
   )
 
-  from clu import periodic_actions
-
-  report = periodic_actions.ReportProgress(
-    num_train_steps=total_steps, writer=writer, every_steps=config.train.log_every_steps
-  )
+  report = writers.make_progress(total_steps, writer, config.train.log_every_steps)
   step = int(state.step)
   logging.info(
     "Training %s, k=%d, %d steps/epoch, steps %d..%d on %d device(s).",
@@ -276,6 +276,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   )
   history: list[dict] = []
   data_sharding = parallel.data_sharding(mesh)
+  t_start = time.perf_counter()
 
   def save_checkpoint():
     nonlocal last_good, history
@@ -320,8 +321,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
         write_sample_grids(writer, workdir, generate_fn, state, grid_z, step, config.model.k)
         if evaluator is not None:
           num = config.eval.final_num_samples if last else config.eval.num_samples
+          t_eval = time.perf_counter()
           scores = evaluator.evaluate(generate_fn, state, jax.random.fold_in(eval_key, 1), num)
           log_scores(writer, evaluator, scores, step, num)
+          if jax.process_index() == 0:
+            record = evaluator.record(scores, step=step, epoch=epoch_done, num_samples=num)
+            record.update(
+              final=last,
+              eval_s=round(time.perf_counter() - t_eval, 2),
+              process_s=round(time.perf_counter() - t_start, 2),
+            )
+            scores_lib.append(workdir, record)
           save_best(best_manager, evaluator, scores, step, state)
       if epoch_done % config.checkpoint.every_epochs == 0 or last:
         save_checkpoint()

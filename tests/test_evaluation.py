@@ -3,6 +3,7 @@ references written from their definitions, and the evaluation wired into trainin
 the CLIs. Inception at 299 px runs at a few images/s on 2 CPU cores, so few images."""
 
 import os
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 from scipy import linalg
 
+from cgan_jax import scores as scores_lib
 from cgan_jax import train
 from cgan_jax.errors import ConfigError
 from cgan_jax.evaluation import evaluator, inception, metrics
@@ -261,6 +263,7 @@ def test_training_logs_metrics_and_keeps_best_checkpoint(tmp_path, helper_weight
     eval__num_samples=20,
     eval__final_num_samples=30,
     eval__batch_size=40,
+    eval__num_reference=24,
   )
   wd = tmp_path / "run"
   with caplog.at_level("INFO"):
@@ -269,11 +272,32 @@ def test_training_logs_metrics_and_keeps_best_checkpoint(tmp_path, helper_weight
   assert len(tables) == 2  # epochs 1 and 2 (every_epochs=1)
   assert "Step 4: 20 samples per generator" in tables[0]
   assert "Step 8: 30 samples per generator" in tables[1]
-  assert "synthetic images, 32 images at 16x16" in tables[1]
+  assert "synthetic images, 24 images at 16x16 (the first 24 of 32)" in tables[1]
   assert "pool3 only" in tables[1] and "unavailable" in tables[1]
+  # scores.jsonl: one line per evaluation, with its provenance; the FIDs are the logged ones
+  records = scores_lib.read(str(wd))
+  assert [(r["step"], r["epoch"], r["num_samples"], r["final"]) for r in records] == [
+    (4, 1, 20, False),
+    (8, 2, 30, True),
+  ]
+  for r in records:
+    assert len(r["generators"]) == 2 and all(set(g) == {"fid"} for g in r["generators"])
+    assert r["weights"] == helper_weights.name and r["weights_sha256"] == helper_weights.sha256
+    assert r["reference"].endswith("(the first 24 of 32)")
+    assert r["eval_s"] > 0 and r["process_s"] >= r["eval_s"] and r["time"].endswith("+00:00")
+  fid_g1 = float(tables[1].splitlines()[-1].split()[-1])
+  assert abs(records[1]["generators"][1]["fid"] - fid_g1) < 1e-3
+  # A resumed run that redoes the last evaluation (its checkpoint was lost) replaces that
+  # line instead of adding a second one for the same step.
+  shutil.rmtree(wd / "checkpoints" / "8")
+  train.train_and_evaluate(c, str(wd))
+  again = scores_lib.read(str(wd))
+  assert [r["step"] for r in again] == [4, 8]
+  assert again[0] == records[0]
+  assert abs(again[1]["generators"][0]["fid"] - records[1]["generators"][0]["fid"]) < 1e-3
   assert [r for r in caplog.records if "IS is unavailable" in r.getMessage()]
   best = os.listdir(wd / "best")
-  assert len(best) == 1 and int(best[0]) in (4, 8)
+  assert len(best) == 1 and int(best[0]) in (4, 8), best
   # The reference statistics were cached and are reused.
   assert len(os.listdir(os.path.join(os.environ["CGAN_JAX_CACHE"], "fid_stats"))) >= 1
 
