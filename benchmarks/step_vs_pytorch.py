@@ -119,7 +119,31 @@ def matmul_peak_flops(seconds: float = 2.0) -> float:
 # The PyTorch side: the same models and step, written the usual PyTorch way.
 
 
+def torch_init_(module, scheme: str) -> None:
+  """Initialises a PyTorch layer in place as `models.initializers(scheme, ...)` does.
+
+  'dcgan': N(0, 0.02) weights, zero biases, BatchNorm weight N(1, 0.02) (the DCGAN
+  example's `weights_init`); 'torch': PyTorch's own defaults (nothing to do).
+  """
+  from torch import nn
+
+  if scheme == "torch":
+    return
+  if scheme != "dcgan":
+    raise ValueError(f"the PyTorch twin supports init 'dcgan' and 'torch', not {scheme!r}")
+  for m in module.modules():
+    if isinstance(m, nn.Conv2d | nn.ConvTranspose2d | nn.Linear):
+      nn.init.normal_(m.weight, 0.0, 0.02)
+      if m.bias is not None:
+        nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.BatchNorm2d):
+      nn.init.normal_(m.weight, 1.0, 0.02)
+      nn.init.zeros_(m.bias)
+
+
 def torch_models(config, device):
+  """k PyTorch generators and one discriminator, the twins of `models.Generator` /
+  `models.Discriminator` (layers, widths, norms and init `config.model.init`)."""
   import torch
   from torch import nn
   from torch.nn.utils.parametrizations import spectral_norm
@@ -127,6 +151,8 @@ def torch_models(config, device):
   z_dim, gw, dw = config.model.z_dim, config.model.g_width, config.model.d_width
   k, s = config.model.k, config.data.image_size
   n_layers = models.num_generator_layers(s)
+  scheme = configlib.init_scheme(config)
+  batch_norm_d = configlib.d_norm(config) == "batch"
 
   class Generator(nn.Module):
     def __init__(self):
@@ -146,6 +172,7 @@ def torch_models(config, device):
         ch //= 2
       self.blocks = nn.ModuleList(blocks)
       self.out = nn.ConvTranspose2d(ch, 3, 4, 2, 1)
+      torch_init_(self, scheme)
 
     def forward(self, z):
       x = torch.relu(self.bn0(self.fc(z).view(-1, self.ch, 4, 4)))
@@ -157,15 +184,25 @@ def torch_models(config, device):
       feats.append(image)
       return image, feats
 
+  def normed(layer):
+    """Initialised first, then spectral norm (its 15 start-up power iterations see the
+    initialised weight), or nothing for the BatchNorm baseline."""
+    torch_init_(layer, scheme)
+    return layer if batch_norm_d else spectral_norm(layer)
+
   class Discriminator(nn.Module):
     def __init__(self):
       super().__init__()
       layers, cin, ch = [], 3, dw
-      for _ in range(n_layers - 1):
-        layers += [spectral_norm(nn.Conv2d(cin, ch, 4, 2, 1)), nn.LeakyReLU(0.2)]
+      for i in range(n_layers - 1):
+        bn = batch_norm_d and i > 0  # as models.Discriminator: no bias before BatchNorm
+        layers.append(normed(nn.Conv2d(cin, ch, 4, 2, 1, bias=not bn)))
+        if bn:
+          layers.append(normed(nn.BatchNorm2d(ch)))
+        layers.append(nn.LeakyReLU(0.2))
         cin, ch = ch, ch * 2
       self.features = nn.Sequential(*layers)
-      self.fc = spectral_norm(nn.Linear(cin * 16, k + 1))
+      self.fc = normed(nn.Linear(cin * 16, k + 1))
 
     def forward(self, x):
       return self.fc(self.features(x).flatten(1))
@@ -176,8 +213,9 @@ def torch_models(config, device):
 
 
 def make_torch_step(config, device, compile_modules: bool):
-  """(step(real) -> G loss, generators, discriminator): the paper's D sequence and one G
-  update, as in steps.py."""
+  """(step(real) -> metrics, generators, discriminator): the paper's D sequence and one G
+  update, as in steps.py. metrics holds detached tensors (reading them syncs): g_loss,
+  d_loss, d_acc_real and d_acc_fake (means over the k D update pairs, as steps.py's)."""
   import torch
   import torch.nn.functional as F
 
@@ -185,6 +223,7 @@ def make_torch_step(config, device, compile_modules: bool):
   alpha, transfer = config.graph.alpha, config.graph.transfer
   layers = [m - 1 for m in graph_lib.transfer_layers(transfer)]
   gens, disc = torch_models(config, device)
+  batch_norm_d = configlib.d_norm(config) == "batch"
   o = config.optim
   g_opt = torch.optim.Adam([p for g in gens for p in g.parameters()], o.g_lr, (o.b1, o.b2))
   d_opt = torch.optim.Adam(disc.parameters(), o.d_lr, (o.b1, o.b2))
@@ -194,23 +233,33 @@ def make_torch_step(config, device, compile_modules: bool):
 
   def d_update(x, label):
     d_opt.zero_grad(set_to_none=True)
-    F.cross_entropy(d_fn(x), labels[label]).backward()
+    logits = d_fn(x)
+    loss = F.cross_entropy(logits, labels[label])
+    loss.backward()
     d_opt.step()
+    return loss.detach(), (logits.detach().argmax(1) == label).float().mean()
 
   def normalise(x):
     flat = x.flatten(1)
     return flat / flat.norm(dim=1, keepdim=True).clamp_min(1e-12)
 
   def step(real):
+    for g in gens:
+      g.train()
     disc.train()
     for p in disc.parameters():
       p.requires_grad_(True)
+    d_out = []
     for i in range(k):
-      d_update(real, k)
+      loss_r, acc_r = d_update(real, k)
       with torch.no_grad():
         fake, _ = g_fns[i](torch.randn(b, z_dim, device=device))
-      d_update(fake, i)
-    disc.eval()  # spectral norm: stored vectors, no power iteration
+      loss_f, acc_f = d_update(fake, i)
+      d_out.append((loss_r, loss_f, acc_r, acc_f))
+    # Spectral norm: stored vectors, no power iteration. The BatchNorm baseline D stays in
+    # train mode (batch statistics), as steps.py's.
+    if not batch_norm_d:
+      disc.eval()
     for p in disc.parameters():
       p.requires_grad_(False)
     z = torch.randn(b, z_dim, device=device)
@@ -233,7 +282,13 @@ def make_torch_step(config, device, compile_modules: bool):
     g_opt.zero_grad(set_to_none=True)
     total.backward()
     g_opt.step()
-    return total.detach()
+    loss_r, loss_f, acc_r, acc_f = (torch.stack(v).mean() for v in zip(*d_out, strict=True))
+    return {
+      "g_loss": total.detach(),
+      "d_loss": loss_r + loss_f,
+      "d_acc_real": acc_r,
+      "d_acc_fake": acc_f,
+    }
 
   return step, gens, disc
 
@@ -269,7 +324,7 @@ def torch_stepper(config, warmup: int, compile_modules: bool):
   def time_steps(n: int) -> float:
     t0 = time.perf_counter()
     for _ in range(n):
-      loss = step(real)
+      loss = step(real)["g_loss"]
     sync()
     step_s = (time.perf_counter() - t0) / n
     if not math.isfinite(float(loss)):
