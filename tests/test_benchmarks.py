@@ -55,10 +55,42 @@ def test_torch_step_runs_and_updates_every_generator():
   step, gens, disc = bench.make_torch_step(config, "cpu", compile_modules=False)
   before = [[p.detach().clone() for p in m.parameters()] for m in [*gens, disc]]
   real = torch.rand(8, 3, 16, 16) * 2 - 1
-  loss = step(real)
-  assert math.isfinite(float(loss))
+  metrics = step(real)
+  assert math.isfinite(float(metrics["g_loss"])) and math.isfinite(float(metrics["d_loss"]))
+  assert 0 <= float(metrics["d_acc_real"]) <= 1 and 0 <= float(metrics["d_acc_fake"]) <= 1
   for old, m in zip(before, [*gens, disc], strict=True):
     assert all(not torch.equal(a, b) for a, b in zip(old, m.parameters(), strict=True))
+
+
+def test_torch_twin_init_and_batchnorm_discriminator():
+  """The twin follows config.model.init and the dcgan baseline's BatchNorm D, like ours."""
+  bench = _load_benchmark()
+  config = bench.jax_config(1, 32, 8, "image")
+  config.method = "dcgan"
+  config.model.g_width = config.model.d_width = 16
+  torch.manual_seed(0)
+  gens, disc = bench.torch_models(config, "cpu")
+  assert config.model.init == "dcgan"
+  for module in (gens[0], disc):
+    for name, p in module.named_parameters():
+      if p.ndim > 1:  # kernels: N(0, 0.02)
+        assert abs(float(p.std()) - 0.02) < 0.004, name
+      elif "bn" in name or isinstance(_owner(module, name), torch.nn.BatchNorm2d):
+        target = 1.0 if name.endswith("weight") else 0.0
+        assert abs(float(p.mean()) - target) < 0.01, name
+  norms = [m for m in disc.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+  assert len(norms) == 2  # every conv but the first, as models.Discriminator
+  state, *_ = build(config)
+  assert _count(state.d_params) == _count(dict(disc.named_parameters()))
+  config.model.init = "torch"
+  torch.manual_seed(0)
+  gens, _ = bench.torch_models(config, "cpu")
+  out = gens[0].out.weight  # ConvTranspose2d(32, 3): PyTorch's fan_in is 3 * 16
+  assert float(out.abs().max()) <= 1 / math.sqrt(48) and float(out.std()) > 0.05
+
+
+def _owner(module, name):
+  return module.get_submodule(name.rsplit(".", 1)[0]) if "." in name else module
 
 
 def _run_benchmark(script: str, *args: str) -> list[str]:
