@@ -22,11 +22,11 @@ Kept as in the paper: the losses, alpha = 1000, Adam (2e-4, 0.5, 0.999), z of 10
 dimensions, the update order, DCGAN init (N(0, 0.02)), real CIFAR-10 from the archive at
 `config.data.path`.
 
-On the development machine (2-core AMD EPYC VM) a step takes about 0.1 s at k = 1 and
-0.2 s at k = 2, and our Inception runs at about 13 images/s, so the 8 runs of the
-protocol (4 methods x 2 seeds) take about 1.1 h of training and 1.8 h of evaluation
+On the development machine (2-core AMD EPYC VM) a step takes about 0.11 s at k = 1 and
+0.21 s at k = 2, and our Inception runs at 13-15 images/s, so the 8 runs of the protocol
+(4 methods x 2 seeds) take an estimated 1.4 h of training and 1.6 h of evaluation
 (3 evaluations x 12 generators x 2,000 samples, plus the 10,000 reference images once).
-Evaluation dominates, so it runs every 2 epochs rather than every epoch.
+Evaluation is the larger part, so it runs every 2 epochs rather than every epoch.
 """
 
 import importlib.util
