@@ -28,6 +28,7 @@ import dataclasses
 import json
 import os
 import sys
+import threading
 import time
 
 from absl import flags, logging
@@ -59,11 +60,16 @@ PROTOCOLS = {
 TIMING = "reproduce_time.json"
 
 FLAGS = flags.FLAGS
-flags.DEFINE_enum("protocol", "cpu", list(PROTOCOLS), "Which protocol to run.")
-flags.DEFINE_string("out", None, "Output folder: runs/, results.md/.csv, figures.")
-flags.DEFINE_bool("report_only", False, "Write the table and figures from the runs so far.")
-flags.DEFINE_list("methods", None, "Only these methods (default: all of the protocol's).")
-flags.DEFINE_list("seeds", None, "Only these seeds (default: the protocol's).")
+
+
+def define_flags() -> None:
+  """Defined only when run as a program, so that importing this module (tests, notebooks)
+  next to another CLI module defines no flag twice."""
+  flags.DEFINE_enum("protocol", "cpu", list(PROTOCOLS), "Which protocol to run.")
+  flags.DEFINE_string("out", None, "Output folder: runs/, results.md/.csv, figures.")
+  flags.DEFINE_bool("report_only", False, "Write the table and figures from the runs so far.")
+  flags.DEFINE_list("methods", None, "Only these methods (default: all of the protocol's).")
+  flags.DEFINE_list("seeds", None, "Only these seeds (default: the protocol's).")
 
 
 def select(protocol: Protocol, methods, seeds) -> Protocol:
@@ -97,14 +103,39 @@ def is_finished(workdir: str) -> bool:
   return bool(records) and bool(records[-1].get("final"))
 
 
-def _add_time(workdir: str, seconds: float) -> None:
-  path = os.path.join(workdir, TIMING)
-  total = 0.0
-  if os.path.isfile(path):
-    with open(path) as f:
-      total = json.load(f)["wall_s"]
-  with open(path, "w") as f:
-    json.dump({"wall_s": round(total + seconds, 1)}, f)
+class _WallClock:
+  """Adds this piece's wall time to `workdir/reproduce_time.json`, every 30 s and at the
+  end, so that a piece killed without warning (SIGKILL) loses at most 30 s of its count."""
+
+  def __init__(self, workdir: str):
+    self.path = os.path.join(workdir, TIMING)
+    self.base = 0.0
+    if os.path.isfile(self.path):
+      with open(self.path) as f:
+        self.base = json.load(f)["wall_s"]
+    self._stop = threading.Event()
+
+  def _write(self) -> None:
+    if os.path.isdir(os.path.dirname(self.path)):
+      tmp = self.path + ".tmp"
+      with open(tmp, "w") as f:
+        json.dump({"wall_s": round(self.base + time.perf_counter() - self.t0, 1)}, f)
+      os.replace(tmp, self.path)
+
+  def _loop(self) -> None:
+    while not self._stop.wait(30):
+      self._write()
+
+  def __enter__(self):
+    self.t0 = time.perf_counter()
+    self._thread = threading.Thread(target=self._loop, daemon=True)
+    self._thread.start()
+    return self
+
+  def __exit__(self, *exc):
+    self._stop.set()
+    self._thread.join()
+    self._write()
 
 
 def run_protocol(protocol: Protocol, out: str) -> None:
@@ -119,12 +150,8 @@ def run_protocol(protocol: Protocol, out: str) -> None:
       continue
     logging.info("[%d/%d] %s in %s", i + 1, len(runs), run_name(method, seed), workdir)
     config = run_config(protocol, method, seed)
-    t0 = time.perf_counter()
-    try:
+    with _WallClock(workdir):
       train.train_and_evaluate(config, workdir)
-    finally:
-      if os.path.isdir(workdir):
-        _add_time(workdir, time.perf_counter() - t0)
     if not is_finished(workdir):  # stopped by a signal: leave the rest for the next start
       logging.warning("%s stopped before its end; re-run the command to resume.", workdir)
       return
@@ -343,4 +370,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   cli.run(main)

@@ -74,10 +74,10 @@ def test_torch_twin_init_and_batchnorm_discriminator():
   for module in (gens[0], disc):
     for name, p in module.named_parameters():
       if p.ndim > 1:  # kernels: N(0, 0.02)
-        assert abs(float(p.std()) - 0.02) < 0.004, name
+        assert abs(float(p.detach().std()) - 0.02) < 0.004, name
       elif "bn" in name or isinstance(_owner(module, name), torch.nn.BatchNorm2d):
         target = 1.0 if name.endswith("weight") else 0.0
-        assert abs(float(p.mean()) - target) < 0.01, name
+        assert abs(float(p.detach().mean()) - target) < 0.01, name
   norms = [m for m in disc.modules() if isinstance(m, torch.nn.BatchNorm2d)]
   assert len(norms) == 2  # every conv but the first, as models.Discriminator
   state, *_ = build(config)

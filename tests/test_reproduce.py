@@ -47,6 +47,7 @@ def test_protocol_writes_table_and_figures(tiny_protocol):
     fid = records[0]["generators"][int(row["generator"][1:]) - 1]["fid"]
     assert abs(float(row["fid_final"]) - round(fid, 2)) < 1e-9 and fid > 0
     assert row["finished"] == "True" and row["samples"] == "20"
+    assert float(row["wall_min"]) > 0 and float(row["wall_min"]) >= float(row["eval_min"])
   md = (out / "results.md").read_text()
   assert "| proposed | yes | image | 2 | 0 | G2 |" in md
   assert "FID of 20 samples per generator against synthetic images" in md

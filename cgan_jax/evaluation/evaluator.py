@@ -12,6 +12,7 @@ Choices (also in the README):
 """
 
 import dataclasses
+import datetime
 import functools
 import hashlib
 import os
@@ -24,6 +25,7 @@ from absl import logging
 from tqdm import tqdm
 
 from cgan_jax import input_pipeline, parallel, sampling
+from cgan_jax import scores as scores_lib
 from cgan_jax.evaluation import inception, metrics
 from cgan_jax.evaluation import weights as weights_lib
 
@@ -281,10 +283,6 @@ class TrainingEvaluator:
 
   def record(self, scores: list[GeneratorScores], *, step: int, epoch: int, num_samples: int):
     """One `scores.jsonl` line (see `cgan_jax.scores`) for these scores, with provenance."""
-    import datetime
-
-    from cgan_jax import scores as scores_lib
-
     return {
       "step": int(step),
       "epoch": int(epoch),
