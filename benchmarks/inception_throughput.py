@@ -21,9 +21,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cgan_jax import input_pipeline
-from cgan_jax.evaluation import evaluator, metrics
-from cgan_jax.evaluation import weights as weights_lib
+from cgan_jax.quality import evaluator, metrics
+from cgan_jax.quality import weights as weights_lib
+from cgan_jax.run import input_pipeline
 
 ARCHIVE = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
 ARCHIVE = os.path.join(ARCHIVE, "cifar-10-python.tar.gz")

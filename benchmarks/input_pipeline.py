@@ -14,7 +14,8 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from cgan_jax import configlib, input_pipeline, parallel, train
+from cgan_jax import configlib
+from cgan_jax.run import input_pipeline, parallel, train
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", "configs/cifar64.py:smoke", "Config.", lock_config=True)

@@ -41,8 +41,10 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from cgan_jax import configlib, models, parallel, train
-from cgan_jax import graph as graph_lib
+from cgan_jax import configlib
+from cgan_jax.core import graph as graph_lib
+from cgan_jax.core import models
+from cgan_jax.run import parallel, train
 
 FLAGS = flags.FLAGS
 # ---------------------------------------------------------------------------------------

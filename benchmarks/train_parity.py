@@ -32,10 +32,11 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from cgan_jax import configlib, input_pipeline, parallel, sampling, train
-from cgan_jax.evaluation import evaluator as evaluator_lib
-from cgan_jax.evaluation import metrics as metrics_lib
-from cgan_jax.evaluation import weights as weights_lib
+from cgan_jax import configlib
+from cgan_jax.quality import evaluator as evaluator_lib
+from cgan_jax.quality import metrics as metrics_lib
+from cgan_jax.quality import weights as weights_lib
+from cgan_jax.run import generate, input_pipeline, parallel, train
 
 FLAGS = flags.FLAGS
 
@@ -94,7 +95,7 @@ class JaxSide:
       lambda state, raw, graph: step_fn(state, input_pipeline.preprocess(raw, size), graph),
       shardings,
     )
-    self.generate_fn = sampling.make_generate_fn(t.generator)
+    self.generate_fn = generate.make_generate_fn(t.generator)
     self.z_dim = config.model.z_dim
 
   def step(self, raw: np.ndarray) -> dict:
@@ -103,7 +104,7 @@ class JaxSide:
 
   def samples(self, num: int, salt: int) -> np.ndarray:
     """uint8 [k, num, h, w, 3], BatchNorm running statistics."""
-    return sampling.generate_all(
+    return generate.generate_all(
       self.generate_fn,
       self.state.g_params,
       self.state.g_batch_stats,
@@ -143,7 +144,7 @@ class TorchSide:
         g.eval()
         chunks = [g(z[i : i + 200])[0] for i in range(0, num, 200)]
         image = torch.cat(chunks).permute(0, 2, 3, 1).numpy()
-        out.append(np.asarray(sampling.to_uint8(image)))
+        out.append(np.asarray(generate.to_uint8(image)))
     return np.stack(out)
 
 
@@ -194,7 +195,7 @@ def run_one(side_cls, config, images, epochs: int, fid_epochs, fid, out_path: st
       os.makedirs(grids, exist_ok=True)
       name = f"{tag['variant']}_{tag['side']}_{tag['init']}_seed{tag['seed']}"
       for i, g in enumerate(grid):
-        sampling.save_png(sampling.make_grid(g), os.path.join(grids, f"{name}_g{i}.png"))
+        generate.save_png(generate.make_grid(g), os.path.join(grids, f"{name}_g{i}.png"))
 
 
 def summarise(records: list[dict]) -> str:

@@ -15,9 +15,9 @@ import os
 import jax
 import jax.numpy as jnp
 
-from cgan_jax import gates as gates_lib
-from cgan_jax import graph as graph_lib
-from cgan_jax import models
+from cgan_jax.core import gates as gates_lib
+from cgan_jax.core import graph as graph_lib
+from cgan_jax.core import models
 from cgan_jax.errors import ConfigError, choice_error
 
 METHODS = ("dcgan", "dcgan_sn", "madgan", "proposed")

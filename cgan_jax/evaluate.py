@@ -11,10 +11,11 @@ reference is the run's own training data at its training resolution.
 import jax
 from absl import flags
 
-from cgan_jax import cli, input_pipeline, runs, sampling
+from cgan_jax import cli
 from cgan_jax.errors import ConfigError
-from cgan_jax.evaluation import evaluator
-from cgan_jax.evaluation import weights as weights_lib
+from cgan_jax.quality import evaluator
+from cgan_jax.quality import weights as weights_lib
+from cgan_jax.run import generate, input_pipeline, restore
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Workdir of a training run.")
@@ -31,7 +32,7 @@ def evaluate_run(workdir, which="best", num_samples=50_000, weights=None, batch_
     raise ConfigError(f"--num_samples={num_samples} must be >= {evaluator.IS_SPLITS}")
   if batch_size is not None and batch_size < 1:
     raise ConfigError(f"--batch_size={batch_size} must be >= 1")
-  config, state, step, generator = runs.restore_run(workdir, which)
+  config, state, step, generator = restore.restore_run(workdir, which)
   spec = weights if weights is not None else config.eval.inception_weights
   w = weights_lib.load_weights_for_cli(spec)
   bs = batch_size or config.eval.batch_size
@@ -44,7 +45,7 @@ def evaluate_run(workdir, which="best", num_samples=50_000, weights=None, batch_
     evaluator.describe_reference(config, len(images)),
   )
   scores = evaluator.score_generators(
-    sampling.make_generate_fn(generator),
+    generate.make_generate_fn(generator),
     state.g_params,
     state.g_batch_stats,
     jax.random.PRNGKey(seed),

@@ -18,8 +18,8 @@ from PIL import Image
 
 from cgan_jax import cli
 from cgan_jax.errors import ConfigError
-from cgan_jax.evaluation import evaluator, metrics
-from cgan_jax.evaluation import weights as weights_lib
+from cgan_jax.quality import evaluator, metrics
+from cgan_jax.quality import weights as weights_lib
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("weights", "auto", "'auto', 'full', 'fid_helper', or a weights file.")

@@ -15,7 +15,8 @@ import jax
 from absl import flags, logging
 from ml_collections import config_flags
 
-from cgan_jax import cli, train
+from cgan_jax import cli
+from cgan_jax.run import train
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and samples.")

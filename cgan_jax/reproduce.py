@@ -34,8 +34,8 @@ import time
 from absl import flags, logging
 
 from cgan_jax import cli, configlib
-from cgan_jax import scores as scores_lib
 from cgan_jax.errors import ConfigError, choice_error
+from cgan_jax.run import scores as scores_lib
 
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 

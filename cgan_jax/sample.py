@@ -13,9 +13,10 @@ import os
 import jax
 from absl import flags
 
-from cgan_jax import cli, sampling
+from cgan_jax import cli
 from cgan_jax.errors import ConfigError
-from cgan_jax.runs import load_run_config, restore_run  # noqa: F401 - re-exported
+from cgan_jax.run import generate
+from cgan_jax.run.restore import load_run_config, restore_run  # noqa: F401 - re-exported
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Workdir of a training run.")
@@ -41,8 +42,8 @@ def export_samples(workdir, num, out, which="latest", seed=0, batch_size=250, em
     if state.g_ema is None:
       raise ConfigError("--ema needs a run trained with config.model.ema_decay > 0")
     params = state.g_ema
-  images = sampling.generate_all(
-    sampling.make_generate_fn(generator),
+  images = generate.generate_all(
+    generate.make_generate_fn(generator),
     params,
     state.g_batch_stats,
     jax.random.PRNGKey(seed),
@@ -52,13 +53,13 @@ def export_samples(workdir, num, out, which="latest", seed=0, batch_size=250, em
   )
   if out.endswith(".npz"):
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    sampling.save_npz_deterministic(out, images=images)
+    generate.save_npz_deterministic(out, images=images)
   else:
     for i in range(images.shape[0]):
       folder = os.path.join(out, f"g{i}")
       os.makedirs(folder, exist_ok=True)
       for n in range(images.shape[1]):
-        sampling.save_png(images[i, n], os.path.join(folder, f"{n:06d}.png"))
+        generate.save_png(images[i, n], os.path.join(folder, f"{n:06d}.png"))
   print(
     f"Wrote {images.shape[1]} samples x {images.shape[0]} generators from step {step} "
     f"({which}) to {out}"

@@ -6,7 +6,8 @@ import pathlib
 import jax
 import pytest
 
-from cgan_jax import configlib, train
+from cgan_jax import configlib
+from cgan_jax.run import train
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CIFAR_ARCHIVE = ROOT.parent / "shared" / "data" / "cifar-10-python.tar.gz"

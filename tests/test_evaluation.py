@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from scipy import linalg
 
-from cgan_jax import scores as scores_lib
-from cgan_jax import train
 from cgan_jax.errors import ConfigError
-from cgan_jax.evaluation import evaluator, inception, metrics
-from cgan_jax.evaluation import weights as weights_lib
+from cgan_jax.quality import evaluator, inception, metrics
+from cgan_jax.quality import weights as weights_lib
+from cgan_jax.run import scores as scores_lib
+from cgan_jax.run import train
 
 from .conftest import tiny_config
 from .test_main import run_cli

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cgan_jax import gates
+from cgan_jax.core import gates
 
 ALL = jnp.arange(4)  # through, cutoff, positive_linear, negative_linear
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from cgan_jax import gates, graph
+from cgan_jax.core import gates, graph
 from cgan_jax.errors import ConfigError
 
 

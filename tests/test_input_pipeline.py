@@ -8,8 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cgan_jax import input_pipeline
 from cgan_jax.errors import ConfigError
+from cgan_jax.run import input_pipeline
 
 
 def _write_fake_archive(path, n_per_batch=4):

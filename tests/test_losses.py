@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cgan_jax import gates, losses
+from cgan_jax.core import gates, losses
 
 RNG = np.random.default_rng(0)
 

@@ -9,7 +9,7 @@ import numpy as np
 import optax
 import pytest
 
-from cgan_jax import models
+from cgan_jax.core import models
 
 from .conftest import ROOT, build, tiny_config
 

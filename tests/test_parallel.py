@@ -12,13 +12,13 @@ import jax
 import numpy as np
 import pytest
 
-from cgan_jax import parallel
+from cgan_jax.run import parallel
 
 from .conftest import ROOT, build, real_batch, tiny_config
 
 SCRIPT = r"""
 import jax, numpy as np
-from cgan_jax import parallel
+from cgan_jax.run import parallel
 from tests.conftest import build, real_batch, tiny_config
 
 assert jax.device_count() == 4, jax.devices()

@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 
 from cgan_jax import reproduce
-from cgan_jax import scores as scores_lib
-from cgan_jax.evaluation import weights as weights_lib
+from cgan_jax.quality import weights as weights_lib
+from cgan_jax.run import scores as scores_lib
 
 from .conftest import ROOT
 from .test_main import run_cli

@@ -6,7 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cgan_jax import configlib, gates, graph
+from cgan_jax import configlib
+from cgan_jax.core import gates, graph
 
 from .conftest import build, real_batch, tiny_config
 

@@ -6,8 +6,9 @@ import jax
 import numpy as np
 import pytest
 
-from cgan_jax import checkpointing, sample, train
+from cgan_jax import sample
 from cgan_jax.errors import ConfigError
+from cgan_jax.run import checkpointing, train
 
 from .conftest import tiny_config
 

@@ -11,7 +11,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from cgan_jax import configlib, models
+from cgan_jax import configlib
+from cgan_jax.core import models
 
 PyTree = Any
 

@@ -17,21 +17,15 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from cgan_jax import (
-  checkpointing,
-  configlib,
-  input_pipeline,
-  parallel,
-  sampling,
-  steps,
-  writers,
-)
-from cgan_jax import gates as gates_lib
-from cgan_jax import graph as graph_lib
-from cgan_jax import scores as scores_lib
-from cgan_jax import state as state_lib
+from cgan_jax import configlib
+from cgan_jax.core import gates as gates_lib
+from cgan_jax.core import graph as graph_lib
+from cgan_jax.core import state as state_lib
+from cgan_jax.core import steps
 from cgan_jax.errors import ConfigError
-from cgan_jax.evaluation import evaluator as evaluator_lib
+from cgan_jax.quality import evaluator as evaluator_lib
+from cgan_jax.run import checkpointing, generate, input_pipeline, parallel, writers
+from cgan_jax.run import scores as scores_lib
 
 # Fields that fix the shapes of the state or the meaning of a step: a workdir trained with
 # one value cannot be resumed with another.
@@ -258,8 +252,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
 
   train_step = parallel.shard_step(step_on_raw, shardings)
   graph = jax.device_put(training.graph, replicated)
-  generate_fn = sampling.make_generate_fn(generator)
-  grid_z = sampling.latents(
+  generate_fn = generate.make_generate_fn(generator)
+  grid_z = generate.latents(
     jax.random.fold_in(eval_key, 0), config.eval.num_grid, config.model.z_dim
   )
 
@@ -374,8 +368,8 @@ def write_sample_grids(writer, workdir, generate_fn, state, z, step, k) -> None:
   os.makedirs(out_dir, exist_ok=True)
   grids = {}
   for i in range(k):
-    grid = sampling.make_grid(images[i])
-    sampling.save_png(grid, os.path.join(out_dir, f"step_{step:08d}_g{i}.png"))
+    grid = generate.make_grid(images[i])
+    generate.save_png(grid, os.path.join(out_dir, f"step_{step:08d}_g{i}.png"))
     grids[f"samples/g{i}"] = grid[None]
   writer.write_images(step, grids)
 

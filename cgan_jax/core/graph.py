@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cgan_jax import gates as gates_lib
+from cgan_jax.core import gates as gates_lib
 from cgan_jax.errors import ConfigError
 
 # Which generator feature maps a transfer method compares. Layer numbers are 1-based over

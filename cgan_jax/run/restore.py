@@ -6,9 +6,10 @@ import os
 import jax
 import ml_collections
 
-from cgan_jax import checkpointing, configlib
-from cgan_jax import state as state_lib
+from cgan_jax import configlib
+from cgan_jax.core import state as state_lib
 from cgan_jax.errors import ConfigError
+from cgan_jax.run import checkpointing
 
 
 def load_run_config(workdir: str) -> ml_collections.ConfigDict:

@@ -28,10 +28,11 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from cgan_jax import configlib, losses
-from cgan_jax import gates as gates_lib
-from cgan_jax import graph as graph_lib
-from cgan_jax.state import GANState
+from cgan_jax import configlib
+from cgan_jax.core import gates as gates_lib
+from cgan_jax.core import graph as graph_lib
+from cgan_jax.core import losses
+from cgan_jax.core.state import GANState
 
 Metrics = dict[str, jax.Array]
 

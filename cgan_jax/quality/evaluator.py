@@ -24,10 +24,10 @@ import numpy as np
 from absl import logging
 from tqdm import tqdm
 
-from cgan_jax import input_pipeline, parallel, sampling
-from cgan_jax import scores as scores_lib
-from cgan_jax.evaluation import inception, metrics
-from cgan_jax.evaluation import weights as weights_lib
+from cgan_jax.quality import inception, metrics
+from cgan_jax.quality import weights as weights_lib
+from cgan_jax.run import generate, input_pipeline, parallel
+from cgan_jax.run import scores as scores_lib
 
 IS_SPLITS = 10
 STATS_FORMAT = 1
@@ -120,7 +120,7 @@ def real_images_at_resolution(images: np.ndarray, image_size: int, batch: int = 
   """uint8 [n, h, w, 3] -> uint8 [n, image_size, image_size, 3] via the training resize."""
   if images.shape[1] == image_size:
     return images
-  resize = jax.jit(lambda x: sampling.to_uint8(input_pipeline.preprocess(x, image_size)))
+  resize = jax.jit(lambda x: generate.to_uint8(input_pipeline.preprocess(x, image_size)))
   return np.concatenate(
     [np.asarray(resize(images[i : i + batch])) for i in range(0, len(images), batch)]
   )
@@ -192,7 +192,7 @@ def score_generators(
   Latents come from `key` in batches of `batch_size` (batch i uses `fold_in(key, i)`);
   every generator gets the same latents.
   """
-  probe = generate_fn(g_params, g_batch_stats, sampling.latents(key, 1, z_dim))
+  probe = generate_fn(g_params, g_batch_stats, generate.latents(key, 1, z_dim))
   k = probe.shape[0]
   stats = [metrics.RunningStats(inception.FEATURE_DIM) for _ in range(k)]
   logits: list[list[np.ndarray]] = [[] for _ in range(k)]
@@ -204,7 +204,7 @@ def score_generators(
   )
   for i in bar:
     n = min(chunk, num_samples - i * chunk)
-    z = sampling.latents(jax.random.fold_in(key, i), n, z_dim)
+    z = generate.latents(jax.random.fold_in(key, i), n, z_dim)
     images = generate_fn(g_params, g_batch_stats, z)  # uint8 [k, n, h, w, 3]
     feats, lg = extractor(images.reshape(k * n, *images.shape[2:]))
     for g in range(k):
@@ -282,7 +282,7 @@ class TrainingEvaluator:
     )
 
   def record(self, scores: list[GeneratorScores], *, step: int, epoch: int, num_samples: int):
-    """One `scores.jsonl` line (see `cgan_jax.scores`) for these scores, with provenance."""
+    """One `scores.jsonl` line (see `cgan_jax.run.scores`) for these scores, with provenance."""
     return {
       "step": int(step),
       "epoch": int(epoch),
