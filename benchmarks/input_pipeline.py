@@ -15,7 +15,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from cgan_jax import configlib
-from cgan_jax.run import input_pipeline, parallel, train
+from cgan_jax.run import builder, input_pipeline, parallel
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", "configs/cifar64.py:smoke", "Config.", lock_config=True)
@@ -53,12 +53,11 @@ def main(argv):
   out.block_until_ready()
   input_ips = FLAGS.steps * b / (time.perf_counter() - t0)
 
-  t = train.make_training(config, steps_per_epoch=100, init_key=jax.random.PRNGKey(0))
   # Jitted, sharded and compiled as training does it (donated state, CPU compiler options).
-  shardings = parallel.state_sharding(t.state, mesh)
-  step = parallel.shard_step(t.train_step, shardings)
-  st = jax.device_put(t.state, shardings)
-  ga = jax.device_put(t.graph, parallel.replicated(mesh))
+  program = builder.build(config, mesh)
+  step = program.step
+  st = program.init_state(config, jax.random.PRNGKey(0))
+  ga = program.hparams(config, steps_per_epoch=100)
   raw = next(iter(input_pipeline.EpochBatches(images, b, config.seed, 0)))
   real = preprocess(jax.device_put(raw, sharding))
   for _ in range(2):

@@ -15,7 +15,7 @@ Both sides run the same models, losses and update sequence on the same device:
   * Transfer: `--transfer=image` (eq. 5, the paper's Table 1 setting) or
     `feature_output_side` (eq. 3-4, Table 3); k = 1 runs DCGAN+SN (no transfer).
 
-The JAX side is exactly what training runs (`train.make_training`, one jitted step); the
+The JAX side is exactly what training runs (`builder.build`, one jitted step); the
 PyTorch side is a straightforward eager implementation (a list of k generators, one Adam
 for each network), and, with --torch_compile, the same with every module wrapped in
 `torch.compile`. Each side is compiled and warmed up (--warmup steps), then timed in
@@ -44,7 +44,7 @@ from absl import app, flags
 from cgan_jax import configlib
 from cgan_jax.core import graph as graph_lib
 from cgan_jax.core import models
-from cgan_jax.run import parallel, train
+from cgan_jax.run import builder
 
 FLAGS = flags.FLAGS
 # ---------------------------------------------------------------------------------------
@@ -71,16 +71,14 @@ def jax_stepper(config, warmup: int):
     (time_steps, info): time_steps(n) runs n more steps and returns their mean seconds
     per step; info holds the compile time and XLA's cost-analysis FLOPs of one step.
   """
-  mesh = parallel.make_mesh()
-  t = train.make_training(config, steps_per_epoch=100, init_key=jax.random.PRNGKey(0))
-  shardings = parallel.state_sharding(t.state, mesh)
-  state = jax.device_put(t.state, shardings)
-  graph = jax.device_put(t.graph, parallel.replicated(mesh))
+  program = builder.build(config)
+  state = program.init_state(config, jax.random.PRNGKey(0))
+  graph = program.hparams(config, steps_per_epoch=100)
   s, b = config.data.image_size, config.train.batch_size
   real = jax.random.uniform(jax.random.PRNGKey(1), (b, s, s, 3), minval=-1.0, maxval=1.0)
-  real = jax.device_put(real, parallel.data_sharding(mesh))
+  real = jax.device_put(real, program.data_sharding)
   t0 = time.perf_counter()
-  compiled = parallel.shard_step(t.train_step, shardings).lower(state, real, graph).compile()
+  compiled = program.step.lower(state, real, graph).compile()
   compile_s = time.perf_counter() - t0
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, list | tuple) else cost

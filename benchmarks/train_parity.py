@@ -6,7 +6,7 @@
 Both sides train the same method (a `configs/cifar64.py` variant) from the same real
 images in the same order (`input_pipeline.EpochBatches` of the seed), with the same models,
 losses and update order: the JAX side is exactly what `train_and_evaluate` runs
-(`train.make_training`, the sharded jitted step); the PyTorch side is the twin in
+(`builder.build`, the sharded jitted step); the PyTorch side is the twin in
 `step_vs_pytorch.py` (eager). Each side draws its own initial weights and latents from its
 own seed. After every epoch both record, per generator:
 
@@ -36,7 +36,7 @@ from cgan_jax import configlib
 from cgan_jax.quality import evaluator as evaluator_lib
 from cgan_jax.quality import metrics as metrics_lib
 from cgan_jax.quality import weights as weights_lib
-from cgan_jax.run import generate, input_pipeline, parallel, train
+from cgan_jax.run import builder, generate, input_pipeline
 
 FLAGS = flags.FLAGS
 
@@ -85,17 +85,11 @@ class JaxSide:
 
   def __init__(self, config, spe: int):
     init_key, self.eval_key = jax.random.split(jax.random.PRNGKey(config.seed))
-    mesh = parallel.make_mesh()
-    t = train.make_training(config, steps_per_epoch=spe, init_key=init_key)
-    shardings = parallel.state_sharding(t.state, mesh)
-    self.state = jax.device_put(t.state, shardings)
-    self.graph = jax.device_put(t.graph, parallel.replicated(mesh))
-    size, step_fn = config.data.image_size, t.train_step
-    self.step_fn = parallel.shard_step(
-      lambda state, raw, graph: step_fn(state, input_pipeline.preprocess(raw, size), graph),
-      shardings,
-    )
-    self.generate_fn = generate.make_generate_fn(t.generator)
+    program = builder.build(config)
+    self.state = program.init_state(config, init_key)
+    self.graph = program.hparams(config, steps_per_epoch=spe)
+    self.step_fn = program.step_on_raw
+    self.generate_fn = program.generate
     self.z_dim = config.model.z_dim
 
   def step(self, raw: np.ndarray) -> dict:

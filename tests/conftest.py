@@ -7,7 +7,8 @@ import jax
 import pytest
 
 from cgan_jax import configlib
-from cgan_jax.run import train
+from cgan_jax.core import steps
+from cgan_jax.run import builder
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CIFAR_ARCHIVE = ROOT.parent / "shared" / "data" / "cifar-10-python.tar.gz"
@@ -36,9 +37,12 @@ def tiny_config(variants: str = "proposed", **overrides):
 
 
 def build(config, seed: int = 0):
-  """(state, step (pure, not jitted), graph arrays, (generator, discriminator)) for a config."""
-  t = train.make_training(config, steps_per_epoch=4, init_key=jax.random.PRNGKey(seed))
-  return t.state, t.train_step, t.graph, (t.generator, t.discriminator)
+  """(state, step (pure, not jitted), hparams, (generator, discriminator)) for a config,
+  all from `builder` as training builds them (4 steps per epoch)."""
+  spec = builder.step_spec(config)
+  state = builder.init_state(config, jax.random.PRNGKey(seed))
+  hparams = builder.step_hparams(config, steps_per_epoch=4)
+  return state, steps.make_train_step(spec), hparams, (spec.generator, spec.discriminator)
 
 
 def real_batch(config, seed: int = 1):

@@ -325,7 +325,7 @@ def test_offline_without_weights_trains_with_metrics_off(tmp_path, monkeypatch, 
   monkeypatch.setattr(weights_lib, "_load_full", _raise_unavailable)
   c = tiny_config("madgan", eval__enabled=True, num_epochs=1)
   with caplog.at_level("WARNING"):
-    state = train.train_and_evaluate(c, str(tmp_path / "run"))
+    state = train.train_and_evaluate(c, str(tmp_path / "run")).state
   assert int(state.step) == 4
   msgs = " ".join(r.getMessage() for r in caplog.records)
   assert "IS/FID are off" in msgs and weights_lib.expected_full_path() in msgs

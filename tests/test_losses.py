@@ -177,3 +177,86 @@ def test_gated_sum_and_cutoff_gives_exact_zero_gradient():
   assert g_adv[2] == 0.0
   assert g_tr[0, 1] == 0.0
   assert g_tr[1, 0] == 0.25
+
+
+def np_eq4_sum(f_s, f_t, alpha):
+  """Eq. (4) read literally: the squared difference SUMMED over positions, then averaged
+  over samples and layers."""
+  total = 0.0
+  n = f_s[0].shape[0]
+  for fs, ft in zip(f_s, f_t, strict=True):
+    for i in range(n):
+      qs = (fs[i].astype(np.float64) ** 2).mean(-1).ravel()
+      qt = (ft[i].astype(np.float64) ** 2).mean(-1).ravel()
+      total += np.sum((qs / np.linalg.norm(qs) - qt / np.linalg.norm(qt)) ** 2)
+  return alpha * total / (len(f_s) * n)
+
+
+def np_eq5_sum(g_s, g_t, alpha):
+  """Eq. (5) read literally: squared L2 distance of the normalised images, batch mean."""
+  total = 0.0
+  for a, b in zip(g_s, g_t, strict=True):
+    a, b = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
+    total += np.sum((a / np.linalg.norm(a) - b / np.linalg.norm(b)) ** 2)
+  return alpha * total / g_s.shape[0]
+
+
+def test_sum_reduction_against_numpy():
+  """config.graph.transfer_reduction='sum': eq. (4)/(5) with a sum over positions, for the
+  single edges and the pairwise matrix; 'mean' x positions = 'sum' per layer."""
+  f_s = [
+    RNG.normal(size=(3, 8, 8, 5)).astype(np.float32),
+    RNG.normal(size=(3, 4, 4, 7)).astype(np.float32),
+  ]
+  f_t = [
+    RNG.normal(size=(3, 8, 8, 5)).astype(np.float32),
+    RNG.normal(size=(3, 4, 4, 7)).astype(np.float32),
+  ]
+  got = losses.feature_transfer_loss(
+    [jnp.asarray(f) for f in f_s], [jnp.asarray(f) for f in f_t], 10.0, reduction="sum"
+  )
+  np.testing.assert_allclose(got, np_eq4_sum(f_s, f_t, 10.0), rtol=1e-5)
+  g_s = RNG.uniform(-1, 1, size=(4, 8, 8, 3)).astype(np.float32)
+  g_t = RNG.uniform(-1, 1, size=(4, 8, 8, 3)).astype(np.float32)
+  got = losses.image_transfer_loss(jnp.asarray(g_s), jnp.asarray(g_t), 10.0, reduction="sum")
+  np.testing.assert_allclose(got, np_eq5_sum(g_s, g_t, 10.0), rtol=1e-5)
+  mean = losses.image_transfer_loss(jnp.asarray(g_s), jnp.asarray(g_t), 10.0, reduction="mean")
+  np.testing.assert_allclose(got, mean * 8 * 8 * 3, rtol=1e-5)
+  # the pairwise matrix uses the same reduction
+  imgs = np.stack([g_s, g_t])
+  mat = losses.pairwise_transfer_losses(
+    [losses.image_representation(jnp.asarray(imgs))], 10.0, reduction="sum"
+  )
+  np.testing.assert_allclose(mat[1, 0], np_eq5_sum(g_s, g_t, 10.0), rtol=1e-5)
+  np.testing.assert_allclose(mat[0, 1], np_eq5_sum(g_t, g_s, 10.0), rtol=1e-5)
+  with pytest.raises(ValueError, match="transfer_reduction='max'"):
+    losses.image_transfer_loss(jnp.asarray(g_s), jnp.asarray(g_t), 10.0, reduction="max")
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_all_zero_attention_map_has_finite_gradients(reduction):
+  """A dead ReLU layer (all-zero features) gives an all-zero map with finite gradients;
+  through a cutoff gate the student then gets exactly zero gradient."""
+  zero = jnp.zeros((2, 4, 4, 3), jnp.float32)
+  teacher = jnp.asarray(RNG.normal(size=(2, 4, 4, 3)), jnp.float32)
+  np.testing.assert_array_equal(losses.attention_map(zero), 0.0)
+  grad = jax.grad(lambda s: losses.feature_transfer_loss([s], [teacher], 1000.0, reduction))(zero)
+  assert np.all(np.isfinite(np.asarray(grad)))
+
+  def gated(s, gate):
+    trans = losses.pairwise_transfer_losses(
+      [losses.attention_map(jnp.stack([s, teacher]))], 1000.0, reduction
+    )
+    w_t = gates.gate_weights(jnp.array([[gates.CUTOFF, gate], [gate, gates.CUTOFF]]), 0.0)
+    total, _ = losses.gated_generator_losses(jnp.zeros(2), trans, jnp.ones(2), w_t)
+    return total.sum()
+
+  cut = jax.grad(gated)(zero, gates.CUTOFF)
+  np.testing.assert_array_equal(cut, 0.0)
+  through = jax.grad(gated)(zero, gates.THROUGH)
+  assert np.all(np.isfinite(np.asarray(through)))
+  # a vector with a norm above eps is normalised exactly as x / ||x||
+  x = jnp.asarray(RNG.normal(size=(2, 5)), jnp.float32)
+  np.testing.assert_allclose(
+    losses.normalize_flat(x, 1), x / np.linalg.norm(x, axis=-1, keepdims=True), rtol=1e-6
+  )

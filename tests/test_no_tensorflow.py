@@ -38,7 +38,7 @@ def test_import_and_one_training_step_without_tensorflow(tmp_path):
     import cgan_jax, cgan_jax.run.train, cgan_jax.reproduce, cgan_jax.main
     from tests.conftest import tiny_config
     c = tiny_config("proposed", num_epochs=1, data__num_train=8)  # one step of batch 8
-    state = cgan_jax.run.train.train_and_evaluate(c, os.path.join(sys.argv[1], "run"))
+    state = cgan_jax.run.train.train_and_evaluate(c, os.path.join(sys.argv[1], "run")).state
     assert int(state.step) == 1, int(state.step)
     for name in ("tensorflow", "tensorflow_datasets", "tensorboard", "clu"):
       assert sys.modules[name] is None, name

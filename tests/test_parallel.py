@@ -18,24 +18,20 @@ from .conftest import ROOT, build, real_batch, tiny_config
 
 SCRIPT = r"""
 import jax, numpy as np
-from cgan_jax.run import parallel
-from tests.conftest import build, real_batch, tiny_config
+from cgan_jax.run import builder, parallel
+from tests.conftest import real_batch, tiny_config
 
 assert jax.device_count() == 4, jax.devices()
 
 def run(config, devices, gen=1, steps=3):
-  mesh = parallel.make_mesh(devices, gen)
-  parallel.check_mesh(config, mesh)
-  state, step, graph, _ = build(config)
-  shardings = parallel.state_sharding(state, mesh)
-  state = jax.device_put(state, shardings)
-  graph = jax.device_put(graph, parallel.replicated(mesh))
-  step = parallel.shard_step(step, shardings)
+  program = builder.build(config, parallel.make_mesh(devices, gen))
+  state = program.init_state(config, jax.random.PRNGKey(0))
+  hparams = program.hparams(config, steps_per_epoch=4)
   k = config.model.k
   for i in range(steps):
-    real = jax.device_put(real_batch(config, seed=10 + i), parallel.data_sharding(mesh))
+    real = jax.device_put(real_batch(config, seed=10 + i), program.data_sharding)
     assert len(real.sharding.device_set) == len(devices)
-    state, metrics = step(state, real, graph)
+    state, metrics = program.step(state, real, hparams)
     for leaf in jax.tree.leaves((state.g_params, state.g_opt_state, state.g_batch_stats)):
       # Each device holds k / gen of the generators (all k when gen = 1).
       assert leaf.addressable_shards[0].data.shape[0] == k // gen, (leaf.shape, gen)

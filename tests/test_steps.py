@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 
 from cgan_jax import configlib
-from cgan_jax.core import gates, graph
+from cgan_jax.core import gates, graph, losses, steps
+from cgan_jax.errors import ConfigError
+from cgan_jax.run import builder
 
 from .conftest import build, real_batch, tiny_config
 
@@ -85,7 +87,7 @@ def test_gate_changes_do_not_retrace():
   st, step, ga, _ = build(c)
   traced = chex.assert_max_traces(step, n=1)
   jitted = jax.jit(traced)
-  other = graph.GraphArrays(
+  other_graph = graph.GraphArrays(
     gates_d=jnp.array([gates.CUTOFF, gates.POSITIVE_LINEAR, gates.THROUGH], jnp.int32),
     gates_transfer=jnp.asarray(
       graph.parse_gates_transfer(
@@ -94,6 +96,8 @@ def test_gate_changes_do_not_retrace():
     ),
     alpha=jnp.asarray(10.0, jnp.float32),
   )
+  # a different graph, learning rates and number of epochs: still the same trace
+  other = ga.replace(graph=other_graph, g_lr=np.float32(1e-3), num_epochs=np.int32(7))
   real = real_batch(c)
   st1, m1 = jitted(st, real, ga)
   st2, m2 = jitted(st1, real, other)
@@ -168,3 +172,66 @@ def test_bfloat16_smoke_config_is_finite_and_keeps_float32_state():
   image, feats = gen.apply({"params": params, "batch_stats": stats}, z, train=False)
   assert feats[0].dtype == jnp.bfloat16  # the hidden layers really compute in bf16
   assert image.dtype == jnp.float32  # tanh and the losses are float32
+
+
+def test_registered_toy_transfer_trains():
+  """A new transfer method is one function plus one registry entry (README "Extending")."""
+
+  def mean_colour(images, feats):
+    """Compare the generators' per-sample mean colours (normalised)."""
+    del feats
+    return [losses.normalize_flat(images.mean(axis=(-3, -2)), 1)]
+
+  name = "toy_mean_colour"
+  graph.register_transfer(name, graph.TransferMethod(mean_colour))
+  try:
+    with pytest.raises(ValueError, match="already registered"):
+      graph.register_transfer(name, graph.TransferMethod(mean_colour))
+    c = tiny_config("proposed", graph__transfer=name)  # validated against the registry
+    st, step, hp, _ = build(c)
+    new, m = jax.jit(step)(st, real_batch(c), hp)
+    g_transfer = np.asarray(m["g_transfer"])
+    assert np.all(np.isfinite(g_transfer)) and np.all(g_transfer > 0), g_transfer
+    assert _changed(new.g_params, st.g_params)
+  finally:
+    del graph.TRANSFERS[name]
+  with pytest.raises(ConfigError, match=r"config.graph.transfer='toy_mean_colour' is not allowed"):
+    tiny_config("proposed", graph__transfer=name)
+
+
+@pytest.mark.parametrize(
+  "field,value,message",
+  [
+    (
+      "train__d_update",
+      "alternate",
+      r"config.train.d_update='alternate' is not allowed; choose one of: 'paper', 'joint'",
+    ),
+    (
+      "graph__transfer_reduction",
+      "max",
+      r"config.graph.transfer_reduction='max' is not allowed; choose one of: 'mean', 'sum'",
+    ),
+  ],
+)
+def test_registry_names_are_validated(field, value, message):
+  with pytest.raises(ConfigError, match=message):
+    tiny_config("proposed", **{field: value})
+
+
+def test_phases_are_separate_pure_functions():
+  """The discriminator phase alone moves only D; the transfer matrix alone is eq. (5)."""
+  c = tiny_config("proposed")
+  st, _, hp, _ = build(c)
+  spec = builder.step_spec(c)
+  new, m = jax.jit(lambda s, r, h: steps.discriminator_phase(spec, s, r, jax.random.PRNGKey(0), h))(
+    st, real_batch(c), hp
+  )
+  assert _changed(new.d_params, st.d_params)
+  jax.tree.map(np.testing.assert_array_equal, new.g_params, st.g_params)
+  assert set(m) == {"d_loss", "d_loss_real", "d_loss_fake", "d_acc_real", "d_acc_fake"}
+  images = jax.random.uniform(jax.random.PRNGKey(2), (2, 3, 16, 16, 3), minval=-1, maxval=1)
+  mat = steps.transfer_matrix(spec, images, (), 1000.0)
+  want = losses.image_transfer_loss(images[1], images[0], 1000.0)
+  np.testing.assert_allclose(mat[0, 1], want, rtol=1e-6)
+  assert float(mat[0, 0]) == 0.0

@@ -25,10 +25,10 @@ def _params_equal(a, b):
 
 
 def test_exact_resume_is_bitwise_equal(tmp_path):
-  straight = train.train_and_evaluate(run_config(num_epochs=2), str(tmp_path / "a"))
+  straight = train.train_and_evaluate(run_config(num_epochs=2), str(tmp_path / "a")).state
   train.train_and_evaluate(run_config(num_epochs=1), str(tmp_path / "b"))
   assert sorted(os.listdir(tmp_path / "b" / "checkpoints")) == ["4"]
-  resumed = train.train_and_evaluate(run_config(num_epochs=2), str(tmp_path / "b"))
+  resumed = train.train_and_evaluate(run_config(num_epochs=2), str(tmp_path / "b")).state
   assert int(straight.step) == int(resumed.step) == 8
   assert _params_equal(straight.g_params, resumed.g_params)
   assert _params_equal(straight.d_params, resumed.d_params)
@@ -54,10 +54,10 @@ def _corrupt(step_dir):
 
 def test_corrupt_latest_checkpoint_falls_back(tmp_path, caplog):
   wd = str(tmp_path / "run")
-  good = train.train_and_evaluate(run_config(num_epochs=2), str(tmp_path / "good"))
+  good = train.train_and_evaluate(run_config(num_epochs=2), str(tmp_path / "good")).state
   train.train_and_evaluate(run_config(num_epochs=2), wd)
   _corrupt(os.path.join(wd, "checkpoints", "8"))
-  resumed = train.train_and_evaluate(run_config(num_epochs=2), wd)
+  resumed = train.train_and_evaluate(run_config(num_epochs=2), wd).state
   assert "could not be restored" in caplog.text
   assert os.path.isdir(os.path.join(wd, "corrupt", "8"))  # moved aside, not deleted
   assert _params_equal(good.g_params, resumed.g_params)  # redid epoch 2 from step 4
@@ -123,9 +123,9 @@ def test_smoke_config_exact_resume(tmp_path):
       c.data.source = "synthetic"
     return c
 
-  straight = train.train_and_evaluate(smoke(2), str(tmp_path / "a"))
+  straight = train.train_and_evaluate(smoke(2), str(tmp_path / "a")).state
   train.train_and_evaluate(smoke(1), str(tmp_path / "b"))
-  resumed = train.train_and_evaluate(smoke(2), str(tmp_path / "b"))
+  resumed = train.train_and_evaluate(smoke(2), str(tmp_path / "b")).state
   assert int(straight.step) == int(resumed.step) == 32
   assert _params_equal(straight.g_params, resumed.g_params)
   for wd in ("a", "b"):

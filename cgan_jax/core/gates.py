@@ -14,14 +14,15 @@ reaches exactly 1 (or 0) in the last epoch. With ``'step'`` p = step / (total_st
 For a single-epoch run (E = 1) p stays 0.
 
 Gate choices are integer arrays (indices into `GATE_NAMES`), and `gate_weights` is a
-lookup inside jit, so a new combination of gates never recompiles the training step.
+lookup inside jit, so a new combination of gates never recompiles the training step. The
+progress is a function of traced numbers too (`progress`), so neither does a new number
+of epochs.
 """
 
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
-import optax
 
 GATE_NAMES = ("through", "cutoff", "positive_linear", "negative_linear")
 THROUGH, CUTOFF, POSITIVE_LINEAR, NEGATIVE_LINEAR = range(len(GATE_NAMES))
@@ -43,25 +44,42 @@ def gate_weights(gate_ids: jax.Array, progress: jax.Array) -> jax.Array:
   return table[jnp.asarray(gate_ids, jnp.int32)]
 
 
+def progress(step, *, num_epochs, steps_per_epoch, by_step) -> jax.Array:
+  """The training progress p in [0, 1] at `step`; every argument may be traced.
+
+  Args:
+    step: optimizer steps done.
+    num_epochs: E, the number of training epochs.
+    steps_per_epoch: optimizer steps per epoch.
+    by_step: False: p = e / (E - 1) for epoch e = step // steps_per_epoch ('epoch' mode);
+      True: p = step / (E * steps_per_epoch - 1) ('step' mode). p = 0 when the
+      denominator would be 0 (one epoch, or one step).
+
+  Returns:
+    float32 [].
+  """
+  step = jnp.asarray(step, jnp.int32)
+  num_epochs = jnp.asarray(num_epochs, jnp.int32)
+  steps_per_epoch = jnp.asarray(steps_per_epoch, jnp.int32)
+  position = jnp.where(by_step, step, step // steps_per_epoch)
+  end = jnp.where(by_step, num_epochs * steps_per_epoch, num_epochs) - 1
+  p = position.astype(jnp.float32) / jnp.maximum(end, 1).astype(jnp.float32)
+  return jnp.where(end > 0, jnp.clip(p, 0.0, 1.0), 0.0)
+
+
 def make_progress_fn(
   *, num_epochs: int, steps_per_epoch: int, mode: str = "epoch"
 ) -> Callable[[jax.Array], jax.Array]:
-  """Returns progress(step) in [0, 1], a pure schedule usable under jit.
+  """Returns progress(step) in [0, 1] for fixed E and steps per epoch (see `progress`).
 
   Args:
     num_epochs: E, the number of training epochs.
     steps_per_epoch: optimizer steps per epoch.
     mode: 'epoch' (p = e / (E - 1)) or 'step' (p = step / (E * steps_per_epoch - 1)).
   """
-  if mode == "epoch":
-    schedule = optax.linear_schedule(0.0, 1.0, transition_steps=max(num_epochs - 1, 1))
-    if num_epochs <= 1:
-      return lambda step: jnp.zeros((), jnp.float32)
-    return lambda step: schedule(jnp.asarray(step) // steps_per_epoch)
-  if mode == "step":
-    total = num_epochs * steps_per_epoch
-    if total <= 1:
-      return lambda step: jnp.zeros((), jnp.float32)
-    schedule = optax.linear_schedule(0.0, 1.0, transition_steps=total - 1)
-    return lambda step: schedule(step)
-  raise ValueError(f"unknown progress mode {mode!r}")
+  if mode not in PROGRESS_MODES:
+    raise ValueError(f"unknown progress mode {mode!r}")
+  by_step = mode == "step"
+  return lambda step: progress(
+    step, num_epochs=num_epochs, steps_per_epoch=steps_per_epoch, by_step=by_step
+  )

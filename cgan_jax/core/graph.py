@@ -15,22 +15,67 @@ An empty string means "through" on every edge. Indices in text and arrays are 0-
 (G_1 of the paper is generator 0).
 """
 
+import dataclasses
+from collections.abc import Callable, Sequence
+
 import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from cgan_jax.core import gates as gates_lib
+from cgan_jax.core import losses
 from cgan_jax.errors import ConfigError
 
-# Which generator feature maps a transfer method compares. Layer numbers are 1-based over
+# represent(images [k, b, h, w, 3], features) -> one L2-normalised [k, b, d] array per
+# compared layer; `features[m - 1]` is generator layer m, [k, b, h, w, c].
+Represent = Callable[[jax.Array, Sequence[jax.Array]], list[jax.Array]]
+
+
+@dataclasses.dataclass(frozen=True)
+class TransferMethod:
+  """A knowledge-transfer method: what two generators' outputs are compared by.
+
+  Attributes:
+    represent: the representations compared by L_t,s (see `Represent`); None for no
+      transfer edges at all.
+    layers: the 1-based generator layers `represent` reads (checked against the image
+      size by the config validation); empty when it reads only the images.
+  """
+
+  represent: Represent | None
+  layers: tuple[int, ...] = ()
+
+
+def feature_transfer(layers: tuple[int, ...]) -> TransferMethod:
+  """Eq. (3)-(4): attention maps of the generator layers `layers` (1-based)."""
+  return TransferMethod(
+    lambda images, feats: [losses.attention_map(feats[m - 1]) for m in layers], layers
+  )
+
+
+# The transfer methods by name (`config.graph.transfer`). Layer numbers are 1-based over
 # the generator's layers (1 = the projection of z, the last = the tanh image), as the
-# paper counts the layers of DCGAN; see `models.Generator`.
-TRANSFER_METHODS = ("image", "feature_input_side", "feature_output_side", "none")
-TRANSFER_LAYERS = {
-  "feature_input_side": (2, 3),
-  "feature_output_side": (3, 4),
+# paper counts the layers of DCGAN; see `models.Generator`. A new method is one function
+# and one entry (`register_transfer`); README "Extending".
+TRANSFERS: dict[str, TransferMethod] = {
+  "image": TransferMethod(lambda images, feats: [losses.image_representation(images)]),
+  "feature_input_side": feature_transfer((2, 3)),
+  "feature_output_side": feature_transfer((3, 4)),
+  "none": TransferMethod(None),
 }
+
+
+def register_transfer(name: str, method: TransferMethod) -> None:
+  """Adds a transfer method under `name`; `config.graph.transfer=name` then selects it."""
+  if name in TRANSFERS:
+    raise ValueError(f"transfer method {name!r} is already registered")
+  TRANSFERS[name] = method
+
+
+def transfer_methods() -> tuple[str, ...]:
+  """The registered transfer method names (the allowed `config.graph.transfer` values)."""
+  return tuple(TRANSFERS)
 
 
 @flax.struct.dataclass
@@ -118,5 +163,5 @@ def graph_arrays_from_config(config) -> GraphArrays:
 
 
 def transfer_layers(transfer: str) -> tuple[int, ...]:
-  """1-based generator layers compared by a feature transfer method (empty otherwise)."""
-  return TRANSFER_LAYERS.get(transfer, ())
+  """1-based generator layers compared by a transfer method (empty: images or none)."""
+  return TRANSFERS[transfer].layers

@@ -3,10 +3,16 @@
 Conventions (the paper leaves these open; see README "Choices"):
   * The discriminator has k + 1 logits; index i < k means "made by G_i" and index k means
     "real" (the paper's d_{k+1}). Losses are means over the batch.
-  * Transfer losses (eq. 3-5) follow the attention-transfer convention (Zagoruyko &
-    Komodakis, 2017): each sample's map is flattened and L2-normalised, and the loss is
-    alpha times the MEAN of the squared differences over positions, samples and layers.
-    With alpha = 1000 this gives losses of order 0.1-1.
+  * Transfer losses (eq. 3-5): each sample's map is flattened and L2-normalised; then
+    `config.graph.transfer_reduction` (`REDUCTIONS`) says how the squared differences
+    are reduced over positions:
+      'mean' (default) the attention-transfer convention (Zagoruyko & Komodakis, 2017):
+             alpha times the MEAN over positions, samples and layers. With alpha = 1000
+             this gives losses of order 0.1-1; a layer with fewer positions weighs more.
+      'sum'  the literal reading of eq. (4)/(5): the squared difference is SUMMED over
+             positions (the squared L2 distance of two unit vectors, in [0, 4]), then
+             averaged over samples and layers, so every layer weighs the same. The loss
+             is (positions) times the 'mean' one, so alpha is best chosen smaller.
   * The teacher side carries `stop_gradient`, so L_t,s only moves the student G_s.
 """
 
@@ -15,6 +21,7 @@ import jax.numpy as jnp
 import optax
 
 _EPS = 1e-12
+REDUCTIONS = ("mean", "sum")
 
 
 def discriminator_loss(logits: jax.Array, label: int | jax.Array) -> jax.Array:
@@ -69,11 +76,15 @@ def normalize_flat(x: jax.Array, feature_axes: int) -> jax.Array:
     feature_axes: how many trailing axes make one sample's vector.
 
   Returns:
-    [..., b, d] with unit L2 norm over d (an all-zero vector stays zero).
+    [..., b, d] with unit L2 norm over d. An all-zero vector (e.g. the attention map of
+    a dead ReLU layer) stays zero and has finite gradients: the norm is taken as
+    sqrt(max(sum x^2, eps^2)), whose gradient at zero is 0 rather than sqrt's infinity
+    (which made NaN even through a cutoff gate, 0 * NaN). For any vector with a norm
+    above eps = 1e-12 the value is exactly x / ||x||.
   """
   flat = x.reshape(*x.shape[: x.ndim - feature_axes], -1).astype(jnp.float32)
-  norm = jnp.sqrt(jnp.sum(jnp.square(flat), axis=-1, keepdims=True))
-  return flat / jnp.maximum(norm, _EPS)
+  norm = jnp.sqrt(jnp.maximum(jnp.sum(jnp.square(flat), axis=-1, keepdims=True), _EPS**2))
+  return flat / norm
 
 
 def image_representation(images: jax.Array) -> jax.Array:
@@ -81,16 +92,32 @@ def image_representation(images: jax.Array) -> jax.Array:
   return normalize_flat(images, 3)
 
 
-def pairwise_transfer_losses(reps: list[jax.Array], alpha: jax.Array | float) -> jax.Array:
+def squared_difference(student: jax.Array, teacher: jax.Array, reduction: str) -> jax.Array:
+  """(student - teacher)^2 of [b, d] representations, reduced to a scalar.
+
+  'mean': mean over samples and positions; 'sum': sum over positions, mean over samples.
+  """
+  sq = jnp.square(student - teacher)
+  if reduction == "mean":
+    return jnp.mean(sq)
+  if reduction == "sum":
+    return jnp.mean(jnp.sum(sq, axis=-1))
+  raise ValueError(f"transfer_reduction={reduction!r} must be one of {REDUCTIONS}")
+
+
+def pairwise_transfer_losses(
+  reps: list[jax.Array], alpha: jax.Array | float, reduction: str = "mean"
+) -> jax.Array:
   """Eq. (4)/(5) for every ordered pair (teacher t, student s).
 
   Args:
     reps: list over the M compared layers of normalised maps, each [k, b, d].
     alpha: the loss scale.
+    reduction: 'mean' or 'sum' over positions (see the module docstring).
 
   Returns:
-    [k, k] float32, entry [t, s] = alpha * mean_{m, n, positions}
-    (rep_s - stop_gradient(rep_t))^2. The diagonal is zero.
+    [k, k] float32, entry [t, s] = alpha * mean_m of `squared_difference(rep_s,
+    stop_gradient(rep_t), reduction)`. The diagonal is zero.
   """
   k = reps[0].shape[0]
   entries = {}
@@ -100,7 +127,9 @@ def pairwise_transfer_losses(reps: list[jax.Array], alpha: jax.Array | float) ->
         # One fused reduction per ordered pair. (Broadcasting to [k, k, b, d] made the
         # backward a dot with a ones matrix that took a third of the 64 px CPU step.)
         entries[t, s] = jnp.mean(
-          jnp.stack([jnp.mean(jnp.square(rep[s] - jax.lax.stop_gradient(rep[t]))) for rep in reps])
+          jnp.stack(
+            [squared_difference(rep[s], jax.lax.stop_gradient(rep[t]), reduction) for rep in reps]
+          )
         )
   zero = jnp.zeros((), jnp.float32)
   rows = [jnp.stack([entries.get((t, s), zero) for s in range(k)]) for t in range(k)]
@@ -108,7 +137,7 @@ def pairwise_transfer_losses(reps: list[jax.Array], alpha: jax.Array | float) ->
 
 
 def feature_transfer_loss(
-  student: list[jax.Array], teacher: list[jax.Array], alpha: float
+  student: list[jax.Array], teacher: list[jax.Array], alpha: float, reduction: str = "mean"
 ) -> jax.Array:
   """Eq. (4) for one edge: attention transfer over M layers.
 
@@ -116,30 +145,34 @@ def feature_transfer_loss(
     student: M feature maps of G_s, each [b, h, w, c].
     teacher: the matching M feature maps of G_t.
     alpha: the loss scale.
+    reduction: 'mean' or 'sum' over positions (see the module docstring).
 
   Returns:
     Scalar loss; the teacher receives no gradient.
   """
   terms = [
-    jnp.mean(jnp.square(attention_map(fs) - jax.lax.stop_gradient(attention_map(ft))))
+    squared_difference(attention_map(fs), jax.lax.stop_gradient(attention_map(ft)), reduction)
     for fs, ft in zip(student, teacher, strict=True)
   ]
   return alpha * jnp.mean(jnp.stack(terms))
 
 
-def image_transfer_loss(student: jax.Array, teacher: jax.Array, alpha: float) -> jax.Array:
+def image_transfer_loss(
+  student: jax.Array, teacher: jax.Array, alpha: float, reduction: str = "mean"
+) -> jax.Array:
   """Eq. (5) for one edge: transfer of the generated images.
 
   Args:
     student: [b, h, w, c] images of G_s.
     teacher: [b, h, w, c] images of G_t from the same z.
     alpha: the loss scale.
+    reduction: 'mean' or 'sum' over positions (see the module docstring).
 
   Returns:
     Scalar loss; the teacher receives no gradient.
   """
-  diff = image_representation(student) - jax.lax.stop_gradient(image_representation(teacher))
-  return alpha * jnp.mean(jnp.square(diff))
+  teacher_rep = jax.lax.stop_gradient(image_representation(teacher))
+  return alpha * squared_difference(image_representation(student), teacher_rep, reduction)
 
 
 def gated_generator_losses(

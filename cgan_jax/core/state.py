@@ -11,7 +11,6 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from cgan_jax import configlib
 from cgan_jax.core import models
 
 PyTree = Any
@@ -45,36 +44,6 @@ class GANState:
   key: jax.Array
 
 
-def make_models(config) -> tuple[models.Generator, models.Discriminator]:
-  """Builds the generator and discriminator modules of a validated config."""
-  dtype = configlib.compute_dtype(config)
-  generator = models.Generator(
-    image_size=config.data.image_size,
-    width=config.model.g_width,
-    dtype=dtype,
-    conv_impl=configlib.conv_impl(config),
-    init_scheme=configlib.init_scheme(config),
-  )
-  discriminator = models.Discriminator(
-    k=config.model.k,
-    image_size=config.data.image_size,
-    width=config.model.d_width,
-    norm=configlib.d_norm(config),
-    dtype=dtype,
-    conv_impl=configlib.conv_impl(config),
-    init_scheme=configlib.init_scheme(config),
-  )
-  return generator, discriminator
-
-
-def make_optimizers(config) -> tuple[optax.GradientTransformation, optax.GradientTransformation]:
-  """Adam for G and D (paper: lr 2e-4, beta1 0.5, beta2 0.999)."""
-  o = config.optim
-  tx_g = optax.adam(o.g_lr, b1=o.b1, b2=o.b2)
-  tx_d = optax.adam(o.d_lr, b1=o.b1, b2=o.b2)
-  return tx_g, tx_d
-
-
 def create_train_state(
   key: jax.Array,
   *,
@@ -89,7 +58,7 @@ def create_train_state(
   Args:
     key: the init key.
     config: a validated config.
-    generator, discriminator, tx_g, tx_d: from `make_models` / `make_optimizers`.
+    generator, discriminator, tx_g, tx_d: the modules and optimizers (`run.builder`).
 
   Returns:
     A `GANState` at step 0 whose loop key is derived from `key`.

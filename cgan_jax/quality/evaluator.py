@@ -24,10 +24,11 @@ import numpy as np
 from absl import logging
 from tqdm import tqdm
 
+from cgan_jax import configlib
+from cgan_jax.errors import ConfigError
 from cgan_jax.quality import inception, metrics
 from cgan_jax.quality import weights as weights_lib
 from cgan_jax.run import generate, input_pipeline, parallel
-from cgan_jax.run import scores as scores_lib
 
 IS_SPLITS = 10
 STATS_FORMAT = 1
@@ -167,15 +168,6 @@ def reference_statistics(
   return ref
 
 
-@dataclasses.dataclass(frozen=True)
-class GeneratorScores:
-  """Scores of one generator. `is_mean`/`is_std` are NaN when IS is unavailable."""
-
-  is_mean: float
-  is_std: float
-  fid: float
-
-
 def score_generators(
   generate_fn,
   g_params,
@@ -186,11 +178,16 @@ def score_generators(
   extractor: InceptionExtractor,
   reference: ReferenceStats,
   batch_size: int,
-) -> list[GeneratorScores]:
+) -> list[dict[str, float]]:
   """IS and FID of every generator on `num_samples` samples each.
 
   Latents come from `key` in batches of `batch_size` (batch i uses `fold_in(key, i)`);
   every generator gets the same latents.
+
+  Returns:
+    One plain mapping per generator (`generator_scores`): {"fid": ...} and, where the
+    weights have logits, {"is": ..., "is_std": ...}. Logging, `scores.jsonl`, the best
+    checkpoint and the search read these keys, so a new metric is added here alone.
   """
   probe = generate_fn(g_params, g_batch_stats, generate.latents(key, 1, z_dim))
   k = probe.shape[0]
@@ -211,25 +208,35 @@ def score_generators(
       stats[g].update(feats[g * n : (g + 1) * n])
       if lg is not None:
         logits[g].append(lg[g * n : (g + 1) * n])
-  scores = []
-  for g in range(k):
-    fid = metrics.frechet_distance(
-      stats[g].mu, stats[g].sigma, reference.mu, reference.sigma, sigma2_root=reference.sigma_root
+  return [
+    generator_scores(stats[g], np.concatenate(logits[g]) if logits[g] else None, reference)
+    for g in range(k)
+  ]
+
+
+def generator_scores(
+  stats: metrics.RunningStats, logits: np.ndarray | None, reference: ReferenceStats
+) -> dict[str, float]:
+  """One generator's metrics from its Inception statistics (and logits, for IS)."""
+  out = {
+    "fid": float(
+      metrics.frechet_distance(
+        stats.mu, stats.sigma, reference.mu, reference.sigma, sigma2_root=reference.sigma_root
+      )
     )
-    if extractor.has_logits:
-      is_mean, is_std = metrics.inception_score(np.concatenate(logits[g]), IS_SPLITS)
-    else:
-      is_mean = is_std = float("nan")
-    scores.append(GeneratorScores(is_mean, is_std, fid))
-  return scores
+  }
+  if logits is not None:
+    is_mean, is_std = metrics.inception_score(logits, IS_SPLITS)
+    out.update({"is": float(is_mean), "is_std": float(is_std)})
+  return out
 
 
-def format_table(scores: list[GeneratorScores], header: str) -> str:
+def format_table(scores: list[dict[str, float]], header: str) -> str:
   """A plain-text table, one row per generator."""
   lines = [header, f"{'generator':>9}  {'IS':>16}  {'FID':>9}"]
   for g, s in enumerate(scores):
-    is_text = "unavailable" if np.isnan(s.is_mean) else f"{s.is_mean:.3f} ± {s.is_std:.3f}"
-    lines.append(f"{'G' + str(g):>9}  {is_text:>16}  {s.fid:9.3f}")
+    is_text = f"{s['is']:.3f} ± {s['is_std']:.3f}" if "is" in s else "unavailable"
+    lines.append(f"{'G' + str(g):>9}  {is_text:>16}  {s['fid']:9.3f}")
   return "\n".join(lines)
 
 
@@ -248,11 +255,13 @@ class TrainingEvaluator:
     self.images = images
     self.extractor = extractor
     self._reference = None
+    self.selection = selection(configlib.eval_select(config), extractor.weights)
 
-  @property
-  def selection(self) -> tuple[str, str]:
-    """(metric, mode) of the best checkpoint: best IS over generators, else best FID."""
-    return ("is", "max") if self.extractor.has_logits else ("fid", "min")
+  def select_value(self, scores: list[dict[str, float]]) -> float:
+    """The best checkpoint's criterion over the generators: the best of their values."""
+    metric, mode = self.selection
+    values = [s[metric] for s in scores]
+    return max(values) if mode == "max" else min(values)
 
   @property
   def reference(self) -> ReferenceStats:
@@ -268,7 +277,7 @@ class TrainingEvaluator:
       )
     return self._reference
 
-  def evaluate(self, generate_fn, state, key, num_samples: int) -> list[GeneratorScores]:
+  def evaluate(self, generate_fn, state, key, num_samples: int) -> list[dict[str, float]]:
     return score_generators(
       generate_fn,
       state.g_params,
@@ -281,12 +290,12 @@ class TrainingEvaluator:
       self.config.eval.batch_size,
     )
 
-  def record(self, scores: list[GeneratorScores], *, step: int, epoch: int, num_samples: int):
+  def record(self, scores: list[dict[str, float]], *, step: int, epoch: int, num_samples: int):
     """One `scores.jsonl` line (see `cgan_jax.run.scores`) for these scores, with provenance."""
     return {
       "step": int(step),
       "epoch": int(epoch),
-      "generators": [scores_lib.generator_metrics(s.fid, s.is_mean, s.is_std) for s in scores],
+      "generators": [dict(s) for s in scores],
       "num_samples": int(num_samples),
       "weights": self.extractor.weights.name,
       "weights_sha256": self.extractor.weights.sha256,
@@ -299,6 +308,23 @@ class TrainingEvaluator:
       f"Step {step}: {num_samples} samples per generator; reference: "
       f"{self.reference.description}; Inception: {self.extractor.weights.name}"
     )
+
+
+def selection(select: str, weights: weights_lib.InceptionWeights) -> tuple[str, str]:
+  """(metric, mode) of the best checkpoint for config.eval.select and these weights.
+
+  Raises:
+    ConfigError: the selected metric needs logits that the weights do not have.
+  """
+  chosen = configlib.parse_select(select)
+  if chosen is None:  # auto: the paper's "highest point of IS", else the best FID
+    return ("is", "max") if weights.has_logits else ("fid", "min")
+  if chosen[0] == "is" and not weights.has_logits:
+    raise ConfigError(
+      f"config.eval.select={select!r} needs IS, but the Inception weights {weights.name} "
+      "have no logits; use 'fid:min' or 'auto', or the full weights"
+    )
+  return chosen
 
 
 def make_training_evaluator(config, images: np.ndarray) -> TrainingEvaluator | None:

@@ -7,9 +7,8 @@ import jax
 import ml_collections
 
 from cgan_jax import configlib
-from cgan_jax.core import state as state_lib
 from cgan_jax.errors import ConfigError
-from cgan_jax.run import checkpointing
+from cgan_jax.run import builder, checkpointing
 
 
 def load_run_config(workdir: str) -> ml_collections.ConfigDict:
@@ -26,11 +25,8 @@ def load_run_config(workdir: str) -> ml_collections.ConfigDict:
 def restore_run(workdir: str, which: str):
   """(config, state, step, generator) of checkpoint `which` of the run in `workdir`."""
   config = load_run_config(workdir)
-  generator, discriminator = state_lib.make_models(config)
-  tx_g, tx_d = state_lib.make_optimizers(config)
   init_key, _ = jax.random.split(jax.random.PRNGKey(config.seed))
-  target = state_lib.create_train_state(
-    init_key, config=config, generator=generator, discriminator=discriminator, tx_g=tx_g, tx_d=tx_d
-  )
+  target = builder.init_state(config, init_key)
   state, step = checkpointing.restore_step(workdir, which, target)
+  generator, _ = builder.make_models(config)
   return config, state, step, generator

@@ -20,8 +20,6 @@ lines for one step, and a line from before a crash that the resumed run redoes i
 import json
 import os
 
-import numpy as np
-
 FILENAME = "scores.jsonl"
 
 
@@ -36,14 +34,6 @@ def read(workdir: str) -> list[dict]:
     return []
   with open(p) as f:
     return [json.loads(line) for line in f if line.strip()]
-
-
-def generator_metrics(fid: float, is_mean: float, is_std: float) -> dict:
-  """One generator's mapping; IS is left out where it is unavailable (NaN)."""
-  out = {"fid": float(fid)}
-  if not np.isnan(is_mean):
-    out.update({"is": float(is_mean), "is_std": float(is_std)})
-  return out
 
 
 def append(workdir: str, record: dict) -> None:

@@ -1,16 +1,19 @@
-"""Set-up and training loop: data, state, steps, sample grids, checkpoints, logging.
+"""The training loop: data, steps, sample grids, evaluation, checkpoints, logging.
 
-`train_and_evaluate(config, workdir)` validates everything a user can get wrong (config,
-data, devices, workdir) before it writes a byte, then trains for `config.num_epochs`,
-resuming from the newest readable checkpoint in the workdir.
+`train_and_evaluate(config, workdir, callbacks=())` validates everything a user can get
+wrong (config, data, devices, workdir) before it writes a byte, then trains for
+`config.num_epochs`, resuming from the newest readable checkpoint in the workdir. The
+models, state and jitted step come from `builder.build`, once per structure and process.
+It returns a `RunResult`: the final state, the run's `scores.jsonl` records and why it
+stopped.
 """
 
 import json
 import os
 import signal
 import time
-from collections.abc import Callable
-from typing import Any, NamedTuple
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import jax
 import ml_collections
@@ -18,17 +21,15 @@ import numpy as np
 from absl import logging
 
 from cgan_jax import configlib
-from cgan_jax.core import gates as gates_lib
-from cgan_jax.core import graph as graph_lib
 from cgan_jax.core import state as state_lib
-from cgan_jax.core import steps
 from cgan_jax.errors import ConfigError
 from cgan_jax.quality import evaluator as evaluator_lib
-from cgan_jax.run import checkpointing, generate, input_pipeline, parallel, writers
+from cgan_jax.run import builder, checkpointing, generate, input_pipeline, writers
 from cgan_jax.run import scores as scores_lib
 
 # Fields that fix the shapes of the state or the meaning of a step: a workdir trained with
-# one value cannot be resumed with another.
+# one value cannot be resumed with another. A field missing from an older saved config
+# has the value in FIELD_DEFAULTS.
 STRUCTURAL_FIELDS = (
   "method",
   "model.k",
@@ -39,61 +40,30 @@ STRUCTURAL_FIELDS = (
   "data.image_size",
   "data.num_train",
   "graph.transfer",
+  "graph.transfer_reduction",
   "train.batch_size",
   "train.d_update",
 )
+FIELD_DEFAULTS = {"graph.transfer_reduction": "mean"}
+
+# callback(record) after each evaluation, with its `scores.jsonl` record; True asks the
+# run to stop (it saves a checkpoint and returns).
+Callback = Callable[[dict], bool | None]
 
 
-class Training(NamedTuple):
-  """Everything a step needs, built from a config by `make_training`.
+class RunResult(NamedTuple):
+  """What `train_and_evaluate` returns.
 
   Attributes:
-    generator, discriminator: the modules.
-    tx_g, tx_d: the optimizers.
-    state: the initial `GANState` (host-local, not yet placed on a mesh).
-    train_step: pure train_step(state, real [b, s, s, 3] in [-1, 1], graph) ->
-      (state, metrics), not yet jitted (see `steps.make_train_step`).
-    graph: the config's `GraphArrays` (gate choices and alpha as arrays).
+    state: the final `GANState`.
+    scores: the run's `scores.jsonl` records, oldest first (all pieces of a resumed run).
+    stopped: None when the run reached its last epoch; 'callback' when a callback asked to
+      stop; the signal's name ('SIGTERM', 'SIGINT') when one arrived.
   """
 
-  generator: Any
-  discriminator: Any
-  tx_g: Any
-  tx_d: Any
   state: state_lib.GANState
-  train_step: Callable
-  graph: graph_lib.GraphArrays
-
-
-def make_training(config, *, steps_per_epoch: int, init_key: jax.Array) -> Training:
-  """Models, optimizers, initial state, step and graph of a validated config.
-
-  The one place they are put together: the training loop, the tests and the benchmarks
-  all call this, so they time and test exactly what `train_and_evaluate` runs.
-
-  Args:
-    config: a validated config.
-    steps_per_epoch: sets the gates' progress (progress is per epoch by default).
-    init_key: key for the parameters and the loop key.
-  """
-  generator, discriminator = state_lib.make_models(config)
-  tx_g, tx_d = state_lib.make_optimizers(config)
-  state = state_lib.create_train_state(
-    init_key, config=config, generator=generator, discriminator=discriminator, tx_g=tx_g, tx_d=tx_d
-  )
-  progress_fn = gates_lib.make_progress_fn(
-    num_epochs=config.num_epochs, steps_per_epoch=steps_per_epoch, mode=config.graph.progress
-  )
-  train_step = steps.make_train_step(
-    generator=generator,
-    discriminator=discriminator,
-    tx_g=tx_g,
-    tx_d=tx_d,
-    config=config,
-    progress_fn=progress_fn,
-  )
-  graph = graph_lib.graph_arrays_from_config(config)
-  return Training(generator, discriminator, tx_g, tx_d, state, train_step, graph)
+  scores: list[dict]
+  stopped: str | None
 
 
 class TrainingDiverged(RuntimeError):
@@ -104,7 +74,7 @@ def _get(config_dict, dotted: str):
   node = config_dict
   for part in dotted.split("."):
     if not isinstance(node, dict | ml_collections.ConfigDict) or part not in node:
-      return None
+      return FIELD_DEFAULTS.get(dotted)
     node = node[part]
   return node
 
@@ -205,8 +175,19 @@ def _check_finite(history: list[dict], step: int, last_good: int | None, workdir
       )
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
-  """Trains (or resumes) a run in `workdir`; returns the final `GANState`.
+def train_and_evaluate(
+  config: ml_collections.ConfigDict, workdir: str, callbacks: Sequence[Callback] = ()
+) -> RunResult:
+  """Trains (or resumes) a run in `workdir`.
+
+  Args:
+    config: the run's config (validated here).
+    workdir: checkpoints, `scores.jsonl`, samples and logs.
+    callbacks: called after each evaluation with its record (see `Callback`); one that
+      returns True stops the run cleanly, with a checkpoint (e.g. search pruning).
+
+  Returns:
+    A `RunResult`.
 
   Raises:
     ConfigError: anything the user can fix (config, data, devices, workdir); raised before
@@ -214,51 +195,48 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
     TrainingDiverged: a loss became non-finite; the last good checkpoint stays.
   """
   configlib.validate_config(config)
-  mesh = parallel.make_mesh(gen=configlib.gen_devices(config))
-  parallel.check_mesh(config, mesh)
+  program = builder.build(config)
   check_workdir(workdir, config)
   images = input_pipeline.load_images(config)
-
-  os.makedirs(workdir, exist_ok=True)
-  write_config(workdir, config)
-  writer = writers.make_writer(workdir, just_logging=jax.process_index() > 0)
-  writer.write_hparams(_flatten_hparams(config))
+  evaluator = evaluator_lib.make_training_evaluator(config, images)
 
   spe = input_pipeline.steps_per_epoch(len(images), config.train.batch_size)
   total_steps = spe * config.num_epochs
-  root = jax.random.PRNGKey(config.seed)
-  init_key, eval_key = jax.random.split(root)
-  replicated = parallel.replicated(mesh)
-  training = make_training(config, steps_per_epoch=spe, init_key=init_key)
-  generator, step_fn = training.generator, training.train_step
-  shardings = parallel.state_sharding(training.state, mesh)
-  state = jax.device_put(training.state, shardings)
+  init_key, eval_key = jax.random.split(jax.random.PRNGKey(config.seed))
+  state = program.init_state(config, init_key)
 
-  evaluator = evaluator_lib.make_training_evaluator(config, images)
-  best_manager = None
-  if evaluator is not None:
-    best_manager = checkpointing.make_best_manager(workdir, evaluator.selection[1])
+  os.makedirs(workdir, exist_ok=True)
+  write_config(workdir, config)
   manager = checkpointing.make_manager(workdir, config.checkpoint.keep)
   restored = checkpointing.restore_latest(manager, state, workdir)
   last_good = None
   if restored is not None:
     state, last_good = restored
+    if last_good >= total_steps:
+      manager.close()
+      records = scores_lib.read(workdir)
+      logging.info(
+        "%s is already finished (step %d of %d); nothing to train. Raise "
+        "--config.num_epochs to continue it.",
+        workdir,
+        last_good,
+        total_steps,
+      )
+      return RunResult(state, records, None)
     logging.info("Resumed from step %d in %s", last_good, workdir)
 
-  image_size = config.data.image_size
+  writer = writers.make_writer(workdir, just_logging=jax.process_index() > 0)
+  writer.write_hparams(_flatten_hparams(config))
+  best_manager = None
+  if evaluator is not None:
+    best_manager = checkpointing.make_best_manager(workdir, evaluator.selection[1])
 
-  def step_on_raw(state, raw, graph):
-    return step_fn(state, input_pipeline.preprocess(raw, image_size), graph)
-
-  train_step = parallel.shard_step(step_on_raw, shardings)
-  graph = jax.device_put(training.graph, replicated)
-  generate_fn = generate.make_generate_fn(generator)
+  hparams = program.hparams(config, spe)
   grid_z = generate.latents(
     jax.random.fold_in(eval_key, 0), config.eval.num_grid, config.model.z_dim
   )
-
   report = writers.make_progress(total_steps, writer, config.train.log_every_steps)
-  step = int(state.step)
+  step = first_step = int(state.step)
   logging.info(
     "Training %s, k=%d, %d steps/epoch, steps %d..%d on %d device(s).",
     config.method,
@@ -266,11 +244,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
     spe,
     step,
     total_steps,
-    mesh.devices.size,
+    program.mesh.devices.size,
   )
+  if "step_on_raw" not in program.traces:
+    logging.info(
+      "Compiling the training step (once per structure; later processes read it from the "
+      "compilation cache)..."
+    )
   history: list[dict] = []
-  data_sharding = parallel.data_sharding(mesh)
   t_start = time.perf_counter()
+  stopped = None
 
   def save_checkpoint():
     nonlocal last_good, history
@@ -281,7 +264,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
     last_good = step
 
   with _StopSignal() as stop:
-    while step < total_steps and stop.received is None:
+    while step < total_steps and stopped is None:
       epoch, start = divmod(step, spe)
       batches = input_pipeline.EpochBatches(
         images,
@@ -292,8 +275,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
         jax.process_index(),
         jax.process_count(),
       )
-      for raw in input_pipeline.prefetch_to_device(batches, config.data.prefetch, data_sharding):
-        state, metrics = train_step(state, raw, graph)
+      for raw in input_pipeline.prefetch_to_device(
+        batches, config.data.prefetch, program.data_sharding
+      ):
+        state, metrics = program.step_on_raw(state, raw, hparams)
         step += 1
         history.append(metrics)
         report(step)
@@ -304,29 +289,33 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
         if stop.received is not None:
           break
       if stop.received is not None:
-        logging.warning(
-          "Received %s at step %d: saving a checkpoint and exiting.", stop.received, step
-        )
+        stopped = stop.received
+        logging.warning("Received %s at step %d: saving a checkpoint and exiting.", stopped, step)
         save_checkpoint()
         break
       epoch_done = step // spe
       last = step >= total_steps
       if epoch_done % config.eval.every_epochs == 0 or last:
-        write_sample_grids(writer, workdir, generate_fn, state, grid_z, step, config.model.k)
+        write_sample_grids(writer, workdir, program.generate, state, grid_z, step, config.model.k)
         if evaluator is not None:
           num = config.eval.final_num_samples if last else config.eval.num_samples
           t_eval = time.perf_counter()
-          scores = evaluator.evaluate(generate_fn, state, jax.random.fold_in(eval_key, 1), num)
+          scores = evaluator.evaluate(program.generate, state, jax.random.fold_in(eval_key, 1), num)
           log_scores(writer, evaluator, scores, step, num)
+          record = evaluator.record(scores, step=step, epoch=epoch_done, num_samples=num)
+          record.update(
+            final=last,
+            eval_s=round(time.perf_counter() - t_eval, 2),
+            process_s=round(time.perf_counter() - t_start, 2),
+          )
           if jax.process_index() == 0:
-            record = evaluator.record(scores, step=step, epoch=epoch_done, num_samples=num)
-            record.update(
-              final=last,
-              eval_s=round(time.perf_counter() - t_eval, 2),
-              process_s=round(time.perf_counter() - t_start, 2),
-            )
             scores_lib.append(workdir, record)
           save_best(best_manager, evaluator, scores, step, state)
+          if any([bool(cb(record)) for cb in callbacks]) and not last:
+            stopped = "callback"
+            logging.info("A callback asked to stop after step %d: saving a checkpoint.", step)
+            save_checkpoint()
+            break
       if epoch_done % config.checkpoint.every_epochs == 0 or last:
         save_checkpoint()
   manager.wait_until_finished()
@@ -335,7 +324,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
     best_manager.wait_until_finished()
     best_manager.close()
   writer.flush()
-  return state
+  records = scores_lib.read(workdir)
+  _summary(workdir, first_step, step, total_steps, time.perf_counter() - t_start, records, stopped)
+  return RunResult(state, records, stopped)
+
+
+def _summary(workdir, first, step, total, seconds, records, stopped) -> None:
+  """The closing lines: what ran, how long, where its outputs are."""
+  status = "finished" if step >= total else f"stopped ({stopped}) at step {step} of {total}"
+  lines = [
+    f"Run {status}: steps {first}..{step} in {seconds / 60:.1f} min ({workdir}).",
+    f"  checkpoints: {os.path.join(workdir, checkpointing.LATEST_DIR)}",
+    f"  sample grids: {os.path.join(workdir, 'samples')}",
+  ]
+  if records:
+    last = records[-1]
+    fids = ", ".join(f"G{g + 1} {m['fid']:.2f}" for g, m in enumerate(last["generators"]))
+    lines.append(f"  scores: {scores_lib.path(workdir)} (last, step {last['step']}: FID {fids})")
+  if step < total:
+    lines.append("  Run the same command again to resume.")
+  logging.info("\n".join(lines))
 
 
 def _log(writer, history: list[dict], step: int) -> None:
@@ -375,23 +383,18 @@ def write_sample_grids(writer, workdir, generate_fn, state, z, step, k) -> None:
 
 
 def log_scores(writer, evaluator, scores, step: int, num_samples: int) -> None:
-  """Writes is/g<i>, is_std/g<i>, fid/g<i> and logs the table with its provenance."""
-  out = {}
-  for g, sc in enumerate(scores):
-    out[f"fid/g{g}"] = sc.fid
-    if not np.isnan(sc.is_mean):
-      out[f"is/g{g}"] = sc.is_mean
-      out[f"is_std/g{g}"] = sc.is_std
+  """Writes <metric>/g<i> for every metric of every generator and logs the table."""
+  out = {f"{name}/g{g}": value for g, sc in enumerate(scores) for name, value in sc.items()}
   writer.write_scalars(step, out)
   logging.info("%s", evaluator_lib.format_table(scores, evaluator.header(num_samples, step)))
 
 
 def save_best(best_manager, evaluator, scores, step: int, state) -> None:
-  """Keeps the checkpoint with the best IS of any generator (else the best FID)."""
-  metric, mode = evaluator.selection
-  values = [sc.is_mean if metric == "is" else sc.fid for sc in scores]
+  """Keeps the checkpoint with the best value of config.eval.select over the generators."""
+  metric, _ = evaluator.selection
+  values = [sc[metric] for sc in scores]
   if not np.all(np.isfinite(values)):
     logging.warning("Not considered for the best checkpoint: non-finite %s %s.", metric, values)
     return
-  value = max(values) if mode == "max" else min(values)
+  value = evaluator.select_value(scores)
   checkpointing.save(best_manager, step, state, metrics={"selection": float(value)})
