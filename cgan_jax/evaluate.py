@@ -18,12 +18,16 @@ from cgan_jax.quality import weights as weights_lib
 from cgan_jax.run import generate, input_pipeline, restore
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "Workdir of a training run.")
-flags.DEFINE_string("checkpoint", "best", "'best', 'latest' or a step number.")
-flags.DEFINE_integer("num_samples", 50_000, "Samples per generator.")
-flags.DEFINE_string("weights", None, "Inception weights; default: the run's eval config.")
-flags.DEFINE_integer("batch_size", None, "Inception batch size; default: the run's.")
-flags.DEFINE_integer("seed", 0, "Seed of the latents.")
+
+
+def define_flags() -> None:
+  """Defined only when run as a program, so that the CLI modules can be imported together."""
+  flags.DEFINE_string("workdir", None, "Workdir of a training run.")
+  flags.DEFINE_string("checkpoint", "best", "'best', 'latest' or a step number.")
+  flags.DEFINE_integer("num_samples", 50_000, "Samples per generator.")
+  flags.DEFINE_string("weights", None, "Inception weights; default: the run's eval config.")
+  flags.DEFINE_integer("batch_size", None, "Inception batch size; default: the run's.")
+  flags.DEFINE_integer("seed", 0, "Seed of the latents.")
 
 
 def evaluate_run(workdir, which="best", num_samples=50_000, weights=None, batch_size=None, seed=0):
@@ -74,4 +78,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   cli.run(main)

@@ -22,9 +22,14 @@ from cgan_jax.quality import evaluator, metrics
 from cgan_jax.quality import weights as weights_lib
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("weights", "auto", "'auto', 'full', 'fid_helper', or a weights file.")
-flags.DEFINE_integer("batch_size", 100, "Inception batch size.")
-flags.DEFINE_string("save_stats", None, "Also write PATH_A's statistics to this .npz.")
+
+
+def define_flags() -> None:
+  """Defined only when run as a program, so that the CLI modules can be imported together."""
+  flags.DEFINE_string("weights", "auto", "'auto', 'full', 'fid_helper', or a weights file.")
+  flags.DEFINE_integer("batch_size", 100, "Inception batch size.")
+  flags.DEFINE_string("save_stats", None, "Also write PATH_A's statistics to this .npz.")
+
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 
@@ -125,4 +130,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   cli.run(main)

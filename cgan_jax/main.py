@@ -9,6 +9,9 @@ device. On TPU pods, Slurm and Open MPI it finds its peers by itself; elsewhere 
 `--coordinator_address=HOST:PORT --num_processes=N --process_id=I`.
 """
 
+import ast
+import os
+import re
 import sys
 
 import jax
@@ -19,14 +22,44 @@ from cgan_jax import cli
 from cgan_jax.run import train
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and samples.")
-config_flags.DEFINE_config_file(
-  "config", None, "Config file, e.g. configs/cifar64.py:proposed.", lock_config=True
-)
-flags.DEFINE_bool("distributed", False, "Multi-host: call jax.distributed.initialize first.")
-flags.DEFINE_string("coordinator_address", None, "With --distributed: HOST:PORT of process 0.")
-flags.DEFINE_integer("num_processes", None, "With --distributed: number of processes.")
-flags.DEFINE_integer("process_id", None, "With --distributed: this process's index.")
+
+
+def define_flags() -> None:
+  """Defined only when run as a program, so that the CLI modules can be imported together."""
+  flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and samples.")
+  config_flags.DEFINE_config_file(
+    "config", None, "Config file, e.g. configs/cifar64.py:proposed.", lock_config=True
+  )
+  flags.DEFINE_bool("distributed", False, "Multi-host: call jax.distributed.initialize first.")
+  flags.DEFINE_string("coordinator_address", None, "With --distributed: HOST:PORT of process 0.")
+  flags.DEFINE_integer("num_processes", None, "With --distributed: number of processes.")
+  flags.DEFINE_integer("process_id", None, "With --distributed: this process's index.")
+  flags.DEFINE_bool("print_config", False, "Print the resolved config (every field) and exit.")
+
+
+CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+
+
+def configs_help() -> str:
+  """The config files next to the package and their variants (their docstrings)."""
+  parts = ["Configs (--config=FILE[:variant,...]):"]
+  for name in sorted(os.listdir(CONFIGS)) if os.path.isdir(CONFIGS) else []:
+    if name.endswith(".py"):
+      with open(os.path.join(CONFIGS, name)) as f:
+        doc = (ast.get_docstring(ast.parse(f.read())) or "").splitlines()
+      # its first line and its variants table ("  name   what it is", continued below)
+      rows = []
+      for ln in doc[1:]:
+        if re.match(r"^  (\S+\s{2,}|\s{8,})\S", ln):
+          rows.append(ln)
+        elif rows:  # the first table only
+          break
+      parts.append("\n".join([f"\nconfigs/{name}: {doc[0] if doc else ''}", *rows]))
+  parts.append(
+    "\nEvery field can be overridden with --config.FIELD=VALUE; see them all with "
+    "--config=FILE --print_config."
+  )
+  return "\n".join(parts)
 
 
 def _initialize_distributed() -> None:
@@ -53,8 +86,12 @@ def _initialize_distributed() -> None:
 def main(argv):
   if len(argv) > 1:
     cli.fail(f"unexpected arguments: {' '.join(argv[1:])}")
-  if FLAGS.config is None:
+  config = cli.config_from_flag("config")
+  if config is None:
     cli.fail("--config is required, e.g. --config=configs/cifar64.py:smoke")
+  if FLAGS.print_config:
+    print(config)
+    return
   if not FLAGS.workdir:
     cli.fail("--workdir is required")
   _initialize_distributed()
@@ -62,11 +99,12 @@ def main(argv):
     "Process %d of %d; JAX devices: %s", jax.process_index(), jax.process_count(), jax.devices()
   )
   try:
-    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    train.train_and_evaluate(config, FLAGS.workdir)
   except train.TrainingDiverged as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)
 
 
 if __name__ == "__main__":
-  cli.run(main)
+  define_flags()
+  cli.run(main, extra_help=configs_help())

@@ -14,18 +14,22 @@ import jax
 from absl import flags
 
 from cgan_jax import cli
-from cgan_jax.errors import ConfigError
+from cgan_jax.errors import ConfigError, check_writable
 from cgan_jax.run import generate
 from cgan_jax.run.restore import load_run_config, restore_run  # noqa: F401 - re-exported
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "Workdir of a training run.")
-flags.DEFINE_integer("num", 1000, "Samples per generator.")
-flags.DEFINE_string("out", None, "Output: FILE.npz, or a folder for PNGs.")
-flags.DEFINE_string("checkpoint", "latest", "'latest', 'best' or a step number.")
-flags.DEFINE_integer("seed", 0, "Seed of the latents.")
-flags.DEFINE_integer("batch_size", 250, "Generation batch size.")
-flags.DEFINE_bool("ema", False, "Use the EMA weights (needs model.ema_decay > 0).")
+
+
+def define_flags() -> None:
+  """Defined only when run as a program, so that the CLI modules can be imported together."""
+  flags.DEFINE_string("workdir", None, "Workdir of a training run.")
+  flags.DEFINE_integer("num", 1000, "Samples per generator.")
+  flags.DEFINE_string("out", None, "Output: FILE.npz, or a folder for PNGs.")
+  flags.DEFINE_string("checkpoint", "latest", "'latest', 'best' or a step number.")
+  flags.DEFINE_integer("seed", 0, "Seed of the latents.")
+  flags.DEFINE_integer("batch_size", 250, "Generation batch size.")
+  flags.DEFINE_bool("ema", False, "Use the EMA weights (needs model.ema_decay > 0).")
 
 
 def export_samples(workdir, num, out, which="latest", seed=0, batch_size=250, ema=False):
@@ -36,6 +40,11 @@ def export_samples(workdir, num, out, which="latest", seed=0, batch_size=250, em
     raise ConfigError(f"--batch_size={batch_size} must be >= 1")
   if not out:
     raise ConfigError("--out is required (FILE.npz or a folder)")
+  # before the checkpoint is read and the samples are generated
+  if out.endswith(".npz"):
+    check_writable(os.path.dirname(os.path.abspath(out)), "--out", out)
+  else:
+    check_writable(out, "--out")
   config, state, step, generator = restore_run(workdir, which)
   params = state.g_params
   if ema:
@@ -76,4 +85,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   cli.run(main)

@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 from .conftest import ROOT, tiny_config
@@ -96,7 +97,19 @@ def _corrupt_archive(tmp_path):
       {},
       "holds a run with config.model.k=2, but this config has config.model.k=3",
     ),
-    ("mistyped field", ["--config.modle.k=3"], {}, "modle"),
+    ("mistyped field", ["--config.modle.k=3"], {}, "--config.modle.k: no config field 'modle'"),
+    (
+      "misspelled field",
+      ["--config.data.sorce=x"],
+      {},
+      "--config.data.sorce: no config field 'sorce'; did you mean 'source'?",
+    ),
+    (
+      "relative archive path",
+      ["--config.data.source=cifar_archive", "--config.data.path=nowhere/cifar.tar.gz"],
+      {},
+      f"config.data.path='nowhere/cifar.tar.gz' (resolved: {ROOT / 'nowhere/cifar.tar.gz'})",
+    ),
     (
       "unknown gate",
       ["--config.graph.gates_d=through,sometimes"],
@@ -208,3 +221,87 @@ def test_smoke_run_on_real_archive_then_sample(cifar_archive, tmp_path):
   r = run_cli("cgan_jax.sample", f"--workdir={wd}", "--num=5", f"--out={tmp_path}/s.npz")
   assert r.returncode == 0, r.stderr[-3000:]
   assert "Wrote 5 samples x 2 generators from step 16" in r.stdout
+
+
+CLIS = (
+  "cgan_jax.main",
+  "cgan_jax.sample",
+  "cgan_jax.evaluate",
+  "cgan_jax.fid",
+  "cgan_jax.reproduce",
+)
+
+
+def test_the_cli_modules_import_together():
+  """Their flags are defined only when run as programs, so no flag is defined twice."""
+  import importlib
+
+  for name in CLIS:
+    importlib.import_module(name)
+
+
+@pytest.mark.parametrize("module", CLIS)
+def test_help_exits_0(module):
+  r = run_cli(module, "--help")
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert "Flags:" in r.stdout and "Traceback" not in r.stderr
+  if module == "cgan_jax.main":
+    for text in ("configs/cifar64.py:", "proposed3", "configs/cifar32_cpu.py:", "--print_config"):
+      assert text in r.stdout, text
+
+
+def test_config_file_mistakes_are_one_line(tmp_path):
+  r = run_cli("cgan_jax.main", "--config=configs/nope.py", f"--workdir={tmp_path}/w")
+  assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+  assert r.stderr.strip() == (
+    f"error: --config=configs/nope.py: no config file at 'configs/nope.py' "
+    f"(resolved: {ROOT / 'configs/nope.py'})"
+  )
+  r = run_cli("cgan_jax.main", "--config=configs/cifar64.py:smoke", "--print_config")
+  assert r.returncode == 0 and "transfer_reduction: mean" in r.stdout, r.stderr[-2000:]
+
+
+def test_sample_checks_its_output_before_generating(tmp_path):
+  blocker = tmp_path / "a_file"
+  blocker.write_text("x")
+  r = run_cli("cgan_jax.sample", f"--workdir={tmp_path}/none", f"--out={blocker}/s.npz")
+  assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+  assert r.stderr.strip() == (
+    f"error: --out='{blocker}/s.npz' cannot be written: its folder='{blocker}' exists and is "
+    "not a directory"
+  )
+
+
+def test_fid_with_a_corrupt_weights_file_is_one_line(tmp_path):
+  bad = tmp_path / "inception.pt"
+  bad.write_bytes(b"PK\x03\x04 not a real TorchScript archive")
+  a = tmp_path / "a.npz"
+  np.savez(a, images=np.zeros((4, 8, 8, 3), np.uint8))
+  r = run_cli("cgan_jax.fid", str(a), str(a), f"--weights={bad}")
+  assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+  errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error: ")]
+  assert len(errors) == 1 and "is not a readable Inception weights file" in errors[0], r.stderr
+
+
+def test_weights_messages_name_the_cli_flag(monkeypatch):
+  from cgan_jax.errors import ConfigError
+  from cgan_jax.quality import weights as weights_lib
+
+  def unavailable(allow_download):
+    raise weights_lib.WeightsUnavailable("offline: pass its path in config.eval.inception_weights")
+
+  monkeypatch.setattr(weights_lib, "_load_full", unavailable)
+  with pytest.raises(ConfigError) as e:
+    weights_lib.load_weights_for_cli("full")
+  assert "config.eval" not in str(e.value) and "pass its path in --weights" in str(e.value)
+
+
+def test_offline_tfds_fails_at_once(tmp_path, monkeypatch):
+  pytest.importorskip("tensorflow_datasets")
+  from cgan_jax.errors import ConfigError
+  from cgan_jax.run import input_pipeline
+
+  monkeypatch.setattr(input_pipeline, "cannot_reach", lambda host, port: "OSError: offline (test)")
+  with pytest.raises(ConfigError, match=r"cannot be reached \(OSError: offline \(test\)\)"):
+    input_pipeline.load_tfds(str(tmp_path / "tfds"))
+  assert not (tmp_path / "tfds").exists() or not any((tmp_path / "tfds").rglob("*"))

@@ -1,6 +1,7 @@
 """The training program: exact resume, corrupt checkpoints, divergence, sample export."""
 
 import os
+import shutil
 
 import jax
 import numpy as np
@@ -69,6 +70,12 @@ def test_all_checkpoints_corrupt_refuses_to_start_afresh(tmp_path):
   _corrupt(os.path.join(wd, "checkpoints", "4"))
   with pytest.raises(checkpointing.CheckpointError, match="refusing to start afresh"):
     train.train_and_evaluate(run_config(num_epochs=2), wd)
+  # ... and keeps refusing on the next start, until the user removes corrupt/
+  with pytest.raises(checkpointing.CheckpointError, match=r"corrupt holds unreadable ones \(4\)"):
+    train.train_and_evaluate(run_config(num_epochs=2), wd)
+  assert not os.listdir(os.path.join(wd, "checkpoints"))
+  shutil.rmtree(os.path.join(wd, "corrupt"))
+  assert int(train.train_and_evaluate(run_config(num_epochs=1), wd).state.step) == 4
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
@@ -95,7 +102,7 @@ def test_incompatible_workdir_is_left_untouched(tmp_path):
   assert before == after
 
 
-def test_sample_export_png_folders_and_checkpoint_choice(tmp_path):
+def test_sample_export_png_folders_and_checkpoint_choice(tmp_path, caplog):
   wd = str(tmp_path / "run")
   train.train_and_evaluate(run_config(num_epochs=2), wd)
   sample.export_samples(wd, 3, str(tmp_path / "png"), which="4", batch_size=2)
@@ -103,8 +110,12 @@ def test_sample_export_png_folders_and_checkpoint_choice(tmp_path):
   assert sorted(os.listdir(tmp_path / "png" / "g1")) == ["000000.png", "000001.png", "000002.png"]
   with pytest.raises(ConfigError, match=r"--checkpoint=5: no such step; available: \[4, 8\]"):
     sample.export_samples(wd, 3, str(tmp_path / "x.npz"), which="5")
-  with pytest.raises(ConfigError, match=r"--checkpoint=best: no checkpoints"):
-    sample.export_samples(wd, 3, str(tmp_path / "x.npz"), which="best")
+  # no best/ (trained without IS/FID): the latest, with a note that says why
+  with caplog.at_level("WARNING"):
+    best = sample.export_samples(wd, 3, str(tmp_path / "x.npz"), which="best", batch_size=3)
+  assert "has no checkpoint (the run was trained without IS/FID" in caplog.text
+  latest = sample.export_samples(wd, 3, str(tmp_path / "y.npz"), which="latest", batch_size=3)
+  np.testing.assert_array_equal(best, latest)
 
 
 def test_smoke_config_exact_resume(tmp_path):
@@ -131,3 +142,37 @@ def test_smoke_config_exact_resume(tmp_path):
   for wd in ("a", "b"):
     sample.export_samples(str(tmp_path / wd), 8, str(tmp_path / f"{wd}.npz"))
   assert (tmp_path / "a.npz").read_bytes() == (tmp_path / "b.npz").read_bytes()
+
+
+def test_sample_and_evaluate_skip_a_corrupt_latest_checkpoint(tmp_path):
+  """Reading a run (cgan_jax.sample, cgan_jax.evaluate) falls back to an older checkpoint
+  with one warning line, without tracebacks, and leaves the workdir as it is."""
+  import subprocess
+  import sys
+
+  from .conftest import ROOT
+
+  wd = str(tmp_path / "run")
+  train.train_and_evaluate(run_config(num_epochs=2), wd)
+  _corrupt(os.path.join(wd, "checkpoints", "8"))
+  r = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "cgan_jax.sample",
+      f"--workdir={wd}",
+      "--num=2",
+      "--batch_size=2",
+      f"--out={tmp_path}/s.npz",
+    ],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert "Traceback" not in r.stderr and "from step 4 (latest)" in r.stdout
+  assert "Checkpoint at step 8 cannot be read" in r.stderr
+  assert os.path.isdir(os.path.join(wd, "checkpoints", "8"))  # read-only: nothing moved
+  with pytest.raises(ConfigError, match=r"--checkpoint=8: no readable checkpoint in .*step 8: "):
+    sample.export_samples(wd, 2, str(tmp_path / "t.npz"), which="8")

@@ -320,14 +320,22 @@ def convert_file(path: str) -> InceptionWeights:
       return load_converted(cached)
     except WeightsUnavailable as e:
       logging.warning("Ignoring unreadable converted weights (%s); converting again.", e)
-  is_torchscript = _is_torchscript(path)
-  if is_torchscript:
-    sd = load_torchscript_file(path)
-    name = f"TorchScript FID Inception {os.path.basename(path)} (TF 2015-12-05, pool3 only)"
-  else:
-    sd = load_pytorch_fid_file(path)
-    name = f"pytorch-fid {os.path.basename(path)} (TF 2015-12-05)"
-  params, has_logits = convert_state_dict(sd)
+  try:
+    if _is_torchscript(path):
+      sd = load_torchscript_file(path)
+      name = f"TorchScript FID Inception {os.path.basename(path)} (TF 2015-12-05, pool3 only)"
+    else:
+      sd = load_pytorch_fid_file(path)
+      name = f"pytorch-fid {os.path.basename(path)} (TF 2015-12-05)"
+    params, has_logits = convert_state_dict(sd)
+  except WeightsUnavailable:
+    raise
+  except Exception as e:  # noqa: BLE001 - torch's unpickling/TorchScript errors vary
+    reason = (str(e).strip().splitlines() or [""])[0][:200]
+    raise WeightsUnavailable(
+      f"{path!r} is not a readable Inception weights file ({type(e).__name__}: {reason}); "
+      f"use pytorch-fid's {FULL_FILENAME}, a TorchScript FID Inception or a converted .npz"
+    ) from None
   weights = InceptionWeights(params=params, has_logits=has_logits, name=name, sha256=sha)
   try:
     save_converted(cached, weights)
@@ -432,7 +440,9 @@ def load_weights_for_cli(spec: str) -> InceptionWeights:
     hint = ""
     if expected_full_path() not in str(e):
       hint = f" (offline: put {FULL_FILENAME} at {expected_full_path()} or pass --weights=FILE)"
-    raise ConfigError(f"--weights={spec or 'auto'}: {e}{hint}") from None
+    # The library's messages name the training config's field; this CLI's flag is --weights.
+    reason = str(e).replace("config.eval.inception_weights", "--weights")
+    raise ConfigError(f"--weights={spec or 'auto'}: {reason}{hint}") from None
 
 
 def _load_full(allow_download: bool) -> InceptionWeights:

@@ -81,6 +81,16 @@ def restore_latest(manager: ocp.CheckpointManager, target, workdir: str):
       logging.warning(
         "Checkpoint at step %d could not be restored (%s); moved it to %s.", step, reason, moved
       )
+  corrupt = os.path.join(workdir, CORRUPT_DIR)
+  if not failures and os.path.isdir(corrupt) and os.listdir(corrupt):
+    # An earlier start found only unreadable checkpoints and moved them aside: keep
+    # refusing until the user removes them (or picks another workdir).
+    raise CheckpointError(
+      f"{os.path.join(workdir, LATEST_DIR)} has no checkpoint, but {corrupt} holds "
+      f"unreadable ones ({', '.join(sorted(os.listdir(corrupt)))}) from an earlier start; "
+      f"refusing to start afresh over existing work: to train from step 0 in this workdir, "
+      f"delete or rename {corrupt}; or use a new --workdir"
+    )
   if failures:
     step, reason = failures[0]
     raise CheckpointError(
@@ -105,26 +115,41 @@ def _move_aside(manager: ocp.CheckpointManager, workdir: str, step: int) -> str:
   return dst
 
 
+def _first_line(e: BaseException) -> str:
+  return (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+
+
 def restore_step(workdir: str, which: str, target):
-  """Restores `which` = 'latest' | 'best' | a step number; for the CLIs.
+  """Restores `which` = 'latest' | 'best' | a step number; for the CLIs (read-only).
+
+  'latest' (and 'best') skip a checkpoint that cannot be read, with one warning line,
+  and use the next older one. 'best' when the run has no best/ checkpoint (trained
+  without IS/FID) uses the latest, with a warning that says so.
+
+  Returns:
+    (state, step).
 
   Raises:
-    ConfigError: no such checkpoint.
+    ConfigError: no such checkpoint, or none that can be read (one line).
   """
+  latest_dir = os.path.join(workdir, LATEST_DIR)
+  directory = latest_dir
   if which == "best":
-    directory = os.path.join(workdir, BEST_DIR)
-  else:
-    directory = os.path.join(workdir, LATEST_DIR)
-  if not os.path.isdir(directory):
-    raise ConfigError(f"--checkpoint={which}: no checkpoints in {directory}")
-  manager = ocp.CheckpointManager(
-    os.path.abspath(directory), options=ocp.CheckpointManagerOptions(create=False)
-  )
-  steps = manager.all_steps()
+    best_dir = os.path.join(workdir, BEST_DIR)
+    if _steps_in(best_dir):
+      directory = best_dir
+    else:
+      logging.warning(
+        "--checkpoint=best: %s has no checkpoint (the run was trained without IS/FID: "
+        "config.eval.enabled=False or no Inception weights); using the latest checkpoint.",
+        best_dir,
+      )
+      which = "latest"
+  steps = _steps_in(directory)
   if not steps:
     raise ConfigError(f"--checkpoint={which}: no checkpoints in {directory}")
   if which in ("latest", "best"):
-    step = max(steps)
+    candidates = sorted(steps, reverse=True)
   else:
     try:
       step = int(which)
@@ -134,6 +159,34 @@ def restore_step(workdir: str, which: str, target):
       ) from None
     if step not in steps:
       raise ConfigError(f"--checkpoint={step}: no such step; available: {sorted(steps)}")
-  state = manager.restore(step, args=ocp.args.StandardRestore(target))
-  manager.close()
-  return state, step
+    candidates = [step]
+  manager = ocp.CheckpointManager(
+    os.path.abspath(directory), options=ocp.CheckpointManagerOptions(create=False)
+  )
+  failures = []
+  try:
+    for step in candidates:
+      try:
+        state = manager.restore(step, args=ocp.args.StandardRestore(target))
+      except Exception as e:  # noqa: BLE001 - any failure means this checkpoint is unusable
+        failures.append(f"step {step}: {_first_line(e)}")
+        if len(candidates) > 1:
+          logging.warning(
+            "Checkpoint at step %d cannot be read (%s); trying an older one.", step, _first_line(e)
+          )
+        continue
+      if failures:
+        logging.warning("Using the checkpoint at step %d.", step)
+      return state, step
+  finally:
+    manager.close()
+  raise ConfigError(
+    f"--checkpoint={which}: no readable checkpoint in {directory} ({'; '.join(failures)})"
+  )
+
+
+def _steps_in(directory: str) -> list[int]:
+  """The step numbers of the finished checkpoints in `directory` ([] if none)."""
+  if not os.path.isdir(directory):
+    return []
+  return [int(n) for n in os.listdir(directory) if n.isdigit()]

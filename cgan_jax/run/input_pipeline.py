@@ -60,7 +60,10 @@ def load_cifar_archive(path: str) -> np.ndarray:
   """
   hint = "download cifar-10-python.tar.gz from the CIFAR-10 page, or use data.source=tfds"
   if not path or not os.path.exists(path):
-    raise ConfigError(f"config.data.path={path!r}: no CIFAR-10 archive or folder there; {hint}")
+    where = f" (resolved: {os.path.abspath(path)})" if path and not os.path.isabs(path) else ""
+    raise ConfigError(
+      f"config.data.path={path!r}{where}: no CIFAR-10 archive or folder there; {hint}"
+    )
   batches = {}
   if os.path.isdir(path):
     folder = path
@@ -101,15 +104,44 @@ def load_tfds(data_dir: str = "") -> np.ndarray:
       f"config.data.source='tfds' needs tensorflow-datasets ({e}); install it or use "
       "--config.data.source=cifar_archive --config.data.path=PATH/cifar-10-python.tar.gz"
     ) from None
+  offline_hint = (
+    "offline, use --config.data.source=cifar_archive --config.data.path=PATH/cifar-10-python.tar.gz"
+  )
+  try:
+    prepared = tfds.builder("cifar10", data_dir=data_dir or None).is_prepared()
+  except Exception:  # noqa: BLE001 - let tfds.load below report it
+    prepared = True
+  if not prepared:
+    # tensorflow-datasets retries an unreachable download for minutes: fail at once.
+    unreachable = cannot_reach(*TFDS_CIFAR10_SERVER)
+    if unreachable:
+      raise ConfigError(
+        f"config.data.source='tfds' must download CIFAR-10, but its server "
+        f"{TFDS_CIFAR10_SERVER[0]} cannot be reached ({unreachable}); {offline_hint}"
+      )
   try:
     ds = tfds.load("cifar10", split="train", batch_size=-1, data_dir=data_dir or None)
     return np.asarray(tfds.as_numpy(ds)["image"], np.uint8)
   except Exception as e:  # noqa: BLE001 - offline machines fail in many ways
-    msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+    msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     raise ConfigError(
-      f"config.data.source='tfds' could not load CIFAR-10 ({msg[:200]}); offline, use "
-      "--config.data.source=cifar_archive --config.data.path=PATH/cifar-10-python.tar.gz"
+      f"config.data.source='tfds' could not load CIFAR-10 ({msg}); {offline_hint}"
     ) from None
+
+
+# Where tensorflow-datasets downloads CIFAR-10 from (its cifar10 builder's URL).
+TFDS_CIFAR10_SERVER = ("www.cs.toronto.edu", 443)
+
+
+def cannot_reach(host: str, port: int, timeout: float = 5.0) -> str | None:
+  """None if a TCP connection to host:port opens within `timeout` s, else the reason."""
+  import socket
+
+  try:
+    with socket.create_connection((host, port), timeout=timeout):
+      return None
+  except OSError as e:
+    return f"{type(e).__name__}: {e}"
 
 
 def synthetic_images(n: int, seed: int = 0) -> np.ndarray:

@@ -22,7 +22,7 @@ from absl import logging
 
 from cgan_jax import configlib
 from cgan_jax.core import state as state_lib
-from cgan_jax.errors import ConfigError
+from cgan_jax.errors import ConfigError, check_writable
 from cgan_jax.quality import evaluator as evaluator_lib
 from cgan_jax.run import builder, checkpointing, generate, input_pipeline, writers
 from cgan_jax.run import scores as scores_lib
@@ -83,19 +83,7 @@ def check_workdir(workdir: str, config) -> None:
   """Raises ConfigError if `workdir` cannot be written or holds an incompatible run."""
   if not workdir:
     raise ConfigError("--workdir is required")
-  if os.path.exists(workdir):
-    if not os.path.isdir(workdir):
-      raise ConfigError(f"--workdir={workdir!r} exists and is not a directory")
-    if not os.access(workdir, os.W_OK | os.X_OK):
-      raise ConfigError(f"--workdir={workdir!r} is not writable")
-  else:
-    parent = os.path.dirname(os.path.abspath(workdir))
-    while not os.path.exists(parent):
-      parent = os.path.dirname(parent)
-    if not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
-      raise ConfigError(
-        f"--workdir={workdir!r} cannot be created: {parent!r} is not a writable directory"
-      )
+  check_writable(workdir, "--workdir")
   saved_path = os.path.join(workdir, "config.json")
   if os.path.isfile(saved_path):
     try:
