@@ -176,3 +176,19 @@ def test_sample_and_evaluate_skip_a_corrupt_latest_checkpoint(tmp_path):
   assert os.path.isdir(os.path.join(wd, "checkpoints", "8"))  # read-only: nothing moved
   with pytest.raises(ConfigError, match=r"--checkpoint=8: no readable checkpoint in .*step 8: "):
     sample.export_samples(wd, 2, str(tmp_path / "t.npz"), which="8")
+
+
+def test_progress_line_starts_after_compiling(caplog, monkeypatch):
+  """One progress format; the clock starts at the first step, so no bogus first rate."""
+  from cgan_jax.run import writers
+
+  clock = iter([100.0, 130.0, 131.0, 132.0])  # the times of the calls below
+  monkeypatch.setattr(writers.time, "perf_counter", lambda: next(clock))
+  progress = writers.make_progress(num_train_steps=10, every_steps=2)
+  with caplog.at_level("INFO"):
+    assert progress(1) is None  # first step done: the clock starts (t = 100)
+    assert progress(2) == pytest.approx(1 / 30)  # t = 130: steps 1..2 took 30 s
+    assert progress(3) is None  # not a multiple of every_steps
+    assert progress(4) == pytest.approx(2 / 2)  # t = 132
+  lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Step ")]
+  assert lines[-1] == "Step 4/10 (40.0%): 1.00 steps/s, ETA 0.1 min"

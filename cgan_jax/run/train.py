@@ -223,7 +223,7 @@ def train_and_evaluate(
   grid_z = generate.latents(
     jax.random.fold_in(eval_key, 0), config.eval.num_grid, config.model.z_dim
   )
-  report = writers.make_progress(total_steps, writer, config.train.log_every_steps)
+  report = writers.make_progress(total_steps, config.train.log_every_steps)
   step = first_step = int(state.step)
   logging.info(
     "Training %s, k=%d, %d steps/epoch, steps %d..%d on %d device(s).",
@@ -269,6 +269,8 @@ def train_and_evaluate(
         state, metrics = program.step_on_raw(state, raw, hparams)
         step += 1
         history.append(metrics)
+        if step == first_step + 1:
+          jax.block_until_ready(metrics)  # compiled and run: the progress clock starts here
         report(step)
         if step % config.train.log_every_steps == 0:
           _check_finite(history, step, last_good, workdir)
