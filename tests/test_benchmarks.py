@@ -130,3 +130,9 @@ def test_input_pipeline_benchmark_cli():
   rates = dict(line.split(":", 1) for line in lines[-3:])
   assert set(rates) == {"input images/s", "training images/s", "input / training"}
   assert float(rates["input images/s"]) > 0 and float(rates["training images/s"]) > 0
+
+
+def test_compile_cache_benchmark_cli():
+  lines = _run_benchmark("compile_cache.py", "--config=configs/cifar32_cpu.py:proposed,tiny")
+  assert any(line.startswith("| 1 | empty |") for line in lines), lines
+  assert any(line.startswith("| 2 | warm |") for line in lines), lines
