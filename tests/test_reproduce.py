@@ -123,3 +123,44 @@ def test_train_parity_script_runs_both_sides(tmp_path):
   table = (tmp_path / "parity_proposed.md").read_text()
   assert "| jax | dcgan | 2 | 0 |" in table and "| torch | dcgan | 2 | 0 |" in table
   assert len(list((tmp_path / "grids").glob("*.png"))) == 4
+
+
+def test_export_keeps_what_the_report_needs(tiny_protocol, tmp_path):
+  """--export copies the small files only; the report rebuilt from them is the same."""
+  out, args, _ = tiny_protocol
+  dest = tmp_path / "exported"
+  r = run_cli("cgan_jax.reproduce", *args, "--report_only", f"--export={dest}", timeout=300)
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert sorted(os.listdir(dest)) == sorted([*reproduce.REPORT_FILES, "runs"])
+  files = sorted(str(p.relative_to(dest / "runs")) for p in (dest / "runs").rglob("*.*"))
+  assert files == [
+    "dcgan_sn_seed0/config.json",
+    "dcgan_sn_seed0/reproduce_time.json",
+    "dcgan_sn_seed0/samples/step_00000004_g0.png",
+    "dcgan_sn_seed0/scores.jsonl",
+    "proposed_seed0/config.json",
+    "proposed_seed0/reproduce_time.json",
+    "proposed_seed0/samples/step_00000004_g0.png",
+    "proposed_seed0/samples/step_00000004_g1.png",
+    "proposed_seed0/scores.jsonl",
+  ]
+  protocol = reproduce.select(reproduce.PROTOCOLS["tiny"], ["dcgan_sn", "proposed"], ["0"])
+  rebuilt = tmp_path / "rebuilt"
+  rebuilt.mkdir()
+  text = reproduce.write_table(reproduce.collect(protocol, str(dest)), str(rebuilt))
+  assert text == (out / "results.md").read_text()
+  assert reproduce.is_finished(str(dest / "runs" / "proposed_seed0"))  # a resume skips it
+
+
+def test_committed_cpu_protocol_table_matches_its_scores(tmp_path):
+  """docs/reproduce_cpu (the measured CPU protocol, README "Results"): its results.md is
+  what its committed scores.jsonl files give, and the README shows that table."""
+  committed = ROOT / "docs" / "reproduce_cpu"
+  if not (committed / "results.md").exists():
+    pytest.skip("no committed CPU protocol results")
+  entries = reproduce.collect(reproduce.PROTOCOLS["cpu"], str(committed))
+  text = reproduce.write_table(entries, str(tmp_path))
+  assert text == (committed / "results.md").read_text()
+  readme = (ROOT / "README.md").read_text()
+  table = [ln for ln in text.splitlines() if ln.startswith("| ")]
+  assert all(ln in readme for ln in table), "README's results table differs from results.md"
