@@ -12,9 +12,10 @@ Each run trains in `DIR/runs/<method>_seed<seed>/` (a normal workdir: checkpoint
 `scores.jsonl`, `samples/`). The command is resumable: a finished run (its last evaluation
 is in `scores.jsonl`) is skipped, an unfinished one resumes from its newest checkpoint.
 Seed 0 of every method runs before seed 1, so a partial protocol already compares all
-methods. `--export=FOLDER` also copies the report and each run's small files (no
-checkpoints) there: the repository keeps the measured protocol in `docs/reproduce_cpu/`
-this way. At the end, and with `--report_only` at any time, it writes into DIR:
+methods. `--export=FOLDER` also copies each finished run's small files (no checkpoints)
+there and writes the report there from them: the repository keeps the measured protocol
+in `docs/reproduce_cpu/` this way. At the end, and with `--report_only` at any time, it
+writes into DIR:
 
   results.md, results.csv   one row per run and generator: final and best FID, with the
                             epochs, samples, reference, weights and wall time; then mean ±
@@ -75,10 +76,10 @@ def define_flags() -> None:
   flags.DEFINE_string(
     "export",
     None,
-    "Also copy the report and each run's small files (scores.jsonl, wall time, config, "
-    "final sample grids) to this folder, e.g. docs/reproduce_cpu; `--out` on that folder "
-    "then rebuilds the report, and copying its runs/ into an --out folder resumes the "
-    "protocol with them counted as done.",
+    "Also copy each finished run's small files (scores.jsonl, wall time, config, final "
+    "sample grids; no checkpoints) to this folder, e.g. docs/reproduce_cpu, and write the "
+    "report there from them. Copying its runs/ into an --out folder resumes the protocol "
+    "with them counted as done.",
   )
 
 
@@ -362,15 +363,19 @@ REPORT_FILES = ("results.md", "results.csv", "fid_curves.png", "samples.png")
 
 
 def export(protocol: Protocol, out: str, dest: str) -> list[str]:
-  """Copies the report and the small files of every run with scores to `dest`.
+  """Copies the small files of every finished run to `dest` and writes its report there.
 
   Per run: `scores.jsonl`, the wall time, `config.json` and the sample grids of its last
-  evaluation (what `report` reads); no checkpoints. Returns the copied paths.
+  evaluation (what `report` reads); no checkpoints. The report in `dest` is then built
+  from exactly those files, so it never shows a run that is not there. Returns the
+  paths written.
   """
   import shutil
 
   copied = []
   for e in collect(protocol, out):
+    if not e["finished"]:
+      continue
     src = e["workdir"]
     dst = os.path.join(dest, "runs", os.path.basename(src))
     os.makedirs(os.path.join(dst, "samples"), exist_ok=True)
@@ -382,11 +387,8 @@ def export(protocol: Protocol, out: str, dest: str) -> list[str]:
     for name in names:
       shutil.copyfile(os.path.join(src, name), os.path.join(dst, name))
       copied.append(os.path.join(dst, name))
-  for name in REPORT_FILES:
-    if os.path.isfile(os.path.join(out, name)):
-      shutil.copyfile(os.path.join(out, name), os.path.join(dest, name))
-      copied.append(os.path.join(dest, name))
-  return copied
+  report(protocol, dest)
+  return copied + [os.path.join(dest, name) for name in REPORT_FILES]
 
 
 def report(protocol: Protocol, out: str) -> str:

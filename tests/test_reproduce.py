@@ -126,7 +126,8 @@ def test_train_parity_script_runs_both_sides(tmp_path):
 
 
 def test_export_keeps_what_the_report_needs(tiny_protocol, tmp_path):
-  """--export copies the small files only; the report rebuilt from them is the same."""
+  """--export copies the finished runs' small files only and writes the report from them:
+  the same report."""
   out, args, _ = tiny_protocol
   dest = tmp_path / "exported"
   r = run_cli("cgan_jax.reproduce", *args, "--report_only", f"--export={dest}", timeout=300)
@@ -144,11 +145,7 @@ def test_export_keeps_what_the_report_needs(tiny_protocol, tmp_path):
     "proposed_seed0/samples/step_00000004_g1.png",
     "proposed_seed0/scores.jsonl",
   ]
-  protocol = reproduce.select(reproduce.PROTOCOLS["tiny"], ["dcgan_sn", "proposed"], ["0"])
-  rebuilt = tmp_path / "rebuilt"
-  rebuilt.mkdir()
-  text = reproduce.write_table(reproduce.collect(protocol, str(dest)), str(rebuilt))
-  assert text == (out / "results.md").read_text()
+  assert (dest / "results.md").read_text() == (out / "results.md").read_text()
   assert reproduce.is_finished(str(dest / "runs" / "proposed_seed0"))  # a resume skips it
 
 

@@ -213,6 +213,7 @@ def train_and_evaluate(
       return RunResult(state, records, None)
     logging.info("Resumed from step %d in %s", last_good, workdir)
 
+  logging.info("Opening the metric writer (TensorBoard through clu, if installed)...")
   writer = writers.make_writer(workdir, just_logging=jax.process_index() > 0)
   writer.write_hparams(_flatten_hparams(config))
   best_manager = None
@@ -271,11 +272,11 @@ def train_and_evaluate(
         history.append(metrics)
         if step == first_step + 1:
           jax.block_until_ready(metrics)  # compiled and run: the progress clock starts here
-        report(step)
         if step % config.train.log_every_steps == 0:
-          _check_finite(history, step, last_good, workdir)
+          _check_finite(history, step, last_good, workdir)  # waits for the step (device_get)
           _log(writer, history, step)
           history = []
+        report(step)  # after the wait above, so the rate is of finished steps
         if stop.received is not None:
           break
       if stop.received is not None:
