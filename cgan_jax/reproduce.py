@@ -31,6 +31,7 @@ import dataclasses
 import json
 import os
 import sys
+import textwrap
 import threading
 import time
 
@@ -318,10 +319,9 @@ def plot_curves(entries: list[dict], out: str) -> str:
     ax.legend(fontsize=7)
   axes[0][0].set_ylabel("FID (lower is better)")
   last = entries[0]["records"][-1]
-  fig.suptitle(
-    f"FID of {last['num_samples']} samples per generator vs {last['reference']}; {last['weights']}",
-    fontsize=8,
-  )
+  title = f"FID of {last['num_samples']} samples per generator vs {last['reference']}; "
+  title += last["weights"]
+  fig.suptitle(textwrap.fill(title, 48 * len(methods)), fontsize=8)  # within the panels
   fig.tight_layout()
   path = os.path.join(out, "fid_curves.png")
   fig.savefig(path, dpi=110)
@@ -350,7 +350,8 @@ def plot_samples(entries: list[dict], out: str) -> str:
       if g < e["config"].model.k and os.path.isfile(path):
         ax.imshow(Image.open(path))
         ax.set_title(f"{e['method']} G{g + 1}, epoch {e['records'][-1]['epoch']}", fontsize=9)
-  fig.suptitle(f"Final samples, seed {seed}; the same latents for every generator", fontsize=9)
+  title = f"Final samples, seed {seed}; the same latents for every generator"
+  fig.suptitle(textwrap.fill(title, 34 * cols), fontsize=9)
   fig.tight_layout()
   path = os.path.join(out, "samples.png")
   fig.savefig(path, dpi=110)
