@@ -1,0 +1,406 @@
+"""The Optuna study of a knowledge-transfer-graph search: storage, workers, trials.
+
+Storage:
+  default   Optuna's journal file `DIR/journal.log` (one machine, any number of worker
+            processes; `optuna-dashboard DIR/journal.log` reads it). SQLite is not used:
+            it locks up with several writers.
+  URL       any RDB URL (`postgresql://user@host/db`): every host runs the same command and
+            they share one study.
+
+A trial that stops without finishing (its worker was killed, the machine went down) must
+not stay RUNNING forever. Each running trial proves it is alive every
+`config.search.heartbeat_s` seconds: through Optuna's heartbeat on an RDB, through the
+mtime of `DIR/heartbeats/<trial>` on the journal store (JournalStorage has no heartbeat).
+One silent for `grace_s`, or whose worker process on this host is gone, is failed by the
+next worker that looks (every worker looks before each trial and at start) and re-queued
+with the same graph and the same workdir, so it resumes from its last checkpoint, at most
+`max_retry` times. Finished trials are COMPLETE or PRUNED; failed ones do not count, so
+the study ends with exactly `num_trials` finished trials and none lost or repeated.
+
+Within a worker, trials of the same structure (only gates differ) reuse one compiled step
+(`run.builder`); new processes load it from the persistent compilation cache.
+"""
+
+import contextlib
+import json
+import os
+import socket
+import threading
+import time
+
+import numpy as np
+import optuna
+from absl import logging
+from optuna.trial import TrialState
+
+from cgan_jax.errors import ConfigError
+from cgan_jax.run import train
+from cgan_jax.search import space
+
+JOURNAL = "journal.log"
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+RDB_SCHEMES = ("postgresql", "mysql", "sqlite")
+
+
+class SearchInterrupted(Exception):
+  """A signal stopped the worker mid-trial; the trial was checkpointed and re-queued."""
+
+
+def is_rdb(url: str) -> bool:
+  return bool(url) and url.split(":", 1)[0].split("+", 1)[0] in RDB_SCHEMES
+
+
+def open_storage(study_dir: str, url: str, search) -> optuna.storages.BaseStorage:
+  """The journal file in `study_dir` (url '') or an RDB at `url` with the heartbeat on."""
+  if not url:
+    from optuna.storages.journal import JournalFileBackend
+
+    os.makedirs(study_dir, exist_ok=True)
+    return optuna.storages.JournalStorage(JournalFileBackend(os.path.join(study_dir, JOURNAL)))
+  if not is_rdb(url):
+    raise ConfigError(
+      f"--storage={url!r} is not an RDB URL; use e.g. postgresql://user:pass@host/db, or leave "
+      f"it empty for the journal file in --study_dir"
+    )
+  try:
+    return optuna.storages.RDBStorage(
+      url,
+      heartbeat_interval=search.heartbeat_s,
+      grace_period=search.grace_s,
+      heartbeat_stale_trial_callback=_RetryInSameWorkdir(search.max_retry),
+    )
+  except Exception as e:  # noqa: BLE001 - driver errors vary; one line for the user
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    raise ConfigError(f"--storage={url!r}: cannot open the database: {first}") from None
+
+
+class _RetryInSameWorkdir:
+  """Optuna's stale-trial callback for RDBs: re-queue with the same params and user attrs
+  (the workdir among them), counting retries in the user attrs as the journal path does."""
+
+  def __init__(self, max_retry: int):
+    self.max_retry = max_retry
+
+  def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    requeue(study, trial, self.max_retry)
+
+
+def requeue(study: optuna.Study, trial: optuna.trial.FrozenTrial, max_retry: int) -> bool:
+  """Enqueues a failed trial's graph again (same workdir) unless it was retried enough."""
+  retries = int(trial.user_attrs.get("retries", 0))
+  if retries >= max_retry:
+    logging.warning("Trial %d failed %d times; not retried again.", trial.number, retries + 1)
+    return False
+  attrs = {
+    **trial.user_attrs,
+    "retries": retries + 1,
+    "retry_of": trial.user_attrs.get("retry_of", trial.number),
+  }
+  study.enqueue_trial(trial.params, user_attrs=attrs, skip_if_exists=False)
+  logging.info(
+    "Trial %d did not finish; its graph is queued again (retry %d).", trial.number, retries + 1
+  )
+  return True
+
+
+def heartbeat_path(study_dir: str, number: int) -> str:
+  return os.path.join(study_dir, "heartbeats", str(number))
+
+
+@contextlib.contextmanager
+def file_heartbeat(study_dir: str, number: int, interval: float):
+  """Touches `heartbeats/<number>` every `interval` seconds while the trial runs."""
+  path = heartbeat_path(study_dir, number)
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  stop = threading.Event()
+
+  def beat():
+    while True:
+      with open(path, "w") as f:
+        f.write(str(time.time()))
+      if stop.wait(interval):
+        return
+
+  thread = threading.Thread(target=beat, daemon=True)
+  thread.start()
+  try:
+    yield
+  finally:
+    stop.set()
+    thread.join()
+    with contextlib.suppress(FileNotFoundError):
+      os.remove(path)
+
+
+def _process_gone(trial: optuna.trial.FrozenTrial) -> bool:
+  """True when the trial's worker ran on this host and that process no longer exists."""
+  if trial.user_attrs.get("host") != socket.gethostname() or "pid" not in trial.user_attrs:
+    return False
+  try:
+    os.kill(int(trial.user_attrs["pid"]), 0)
+  except ProcessLookupError:
+    return True
+  except PermissionError:
+    return False
+  return False
+
+
+def fail_stale_trials(study: optuna.Study, study_dir: str, search, journal: bool) -> int:
+  """Fails (and re-queues) the running trials nobody runs any more; returns how many."""
+  if not journal:
+    before = len(study.get_trials(deepcopy=False, states=(TrialState.FAIL,)))
+    optuna.storages.fail_stale_trials(study)  # the RDB heartbeat; re-queues via the callback
+    return len(study.get_trials(deepcopy=False, states=(TrialState.FAIL,))) - before
+  failed = 0
+  now = time.time()
+  for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+    path = heartbeat_path(study_dir, trial.number)
+    try:
+      last = os.path.getmtime(path)
+    except FileNotFoundError:
+      last = trial.datetime_start.timestamp() if trial.datetime_start else now
+    if now - last <= search.grace_s and not _process_gone(trial):
+      continue
+    try:
+      study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+    except Exception:  # noqa: BLE001 - another worker failed it first
+      continue
+    failed += 1
+    logging.warning(
+      "Trial %d was RUNNING but its worker is gone (no heartbeat for %.0f s): failed.",
+      trial.number,
+      now - last,
+    )
+    requeue(study, study.trials[trial.number], search.max_retry)
+  return failed
+
+
+def counts(study: optuna.Study) -> dict[str, int]:
+  out = {s.name.lower(): 0 for s in TrialState}
+  for t in study.get_trials(deepcopy=False):
+    out[t.state.name.lower()] += 1
+  out["finished"] = out["complete"] + out["pruned"]
+  return out
+
+
+def make_sampler(search, salt: tuple[int, ...]) -> optuna.samplers.BaseSampler:
+  """The sampler, seeded from the search seed and `salt` (worker index, trials so far), so
+  that workers and restarts do not draw the same graphs while one schedule stays
+  reproducible."""
+  seed = int(np.random.SeedSequence([int(search.seed), *salt]).generate_state(1)[0])
+  if search.sampler == "tpe":
+    return optuna.samplers.TPESampler(seed=seed)
+  return optuna.samplers.RandomSampler(seed=seed)
+
+
+def make_pruner(search) -> optuna.pruners.BasePruner:
+  if search.pruner == "successive_halving":
+    return optuna.pruners.SuccessiveHalvingPruner()
+  if search.pruner == "hyperband":
+    return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=search.num_epochs)
+  return optuna.pruners.NopPruner()
+
+
+def space_description(config) -> dict:
+  s = config.search
+  return {
+    "k": config.model.k,
+    "gates": space.names(s.gates),
+    "transfer": space.names(s.transfer_methods) or [config.graph.transfer],
+    "objective": s.objective,
+    "generator": s.generator,
+    "num_epochs": s.num_epochs,
+    "eval_samples": s.eval_samples,
+    "eval_every_epochs": s.eval_every_epochs,
+  }
+
+
+def create_or_load(config, study_dir: str, storage, config_spec: str, overrides: list[str]):
+  """Creates the study (or loads it) and checks that it is the same search."""
+  s = config.search
+  direction = space.OBJECTIVES[s.objective]
+  study = optuna.create_study(
+    study_name=s.study_name, storage=storage, direction=direction, load_if_exists=True
+  )
+  described = space_description(config)
+  if "space" not in study.user_attrs:
+    study.set_user_attr("space", described)
+    study.set_user_attr("config", config_spec)
+    study.set_user_attr("overrides", overrides)
+    study.set_user_attr("study_dir", os.path.abspath(study_dir))
+  elif study.user_attrs["space"] != described:
+    old = study.user_attrs["space"]
+    diff = sorted(key for key in described if old.get(key) != described[key])
+    field = diff[0] if diff else "space"
+    raise ConfigError(
+      f"study {s.study_name!r} in this storage was created with {field}={old.get(field)!r}, "
+      f"not {described.get(field)!r}; use another --study_dir/--storage or "
+      f"--config.search.study_name"
+    )
+  return study
+
+
+def _same_graph(study: optuna.Study, params: dict, number: int):
+  for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+    if t.number != number and t.params == params and "best" in t.user_attrs:
+      return t
+  return None
+
+
+def make_objective(config, study_dir: str, journal: bool, config_spec: str, overrides: list[str]):
+  """The Optuna objective: trains one graph; returns its best evaluation's objective."""
+  s = config.search
+  k = config.model.k
+
+  def objective(trial: optuna.Trial) -> float:
+    params = space.suggest(trial, config)
+    gates_d, gates_transfer = space.graph_text(params, k)
+    trial.set_user_attr("gates_d", gates_d)
+    trial.set_user_attr("gates_transfer", gates_transfer)
+    trial.set_user_attr("transfer", params.get("transfer", config.graph.transfer))
+    trial.set_user_attr(
+      "command", space.retrain_command(config_spec, overrides, params, k, s.num_epochs)
+    )
+    twin = _same_graph(trial.study, params, trial.number)
+    if twin is not None:  # same graph, same seed: same run; do not train it again
+      for key in ("best", "train_s", "eval_s", "wall_s", "workdir"):
+        if key in twin.user_attrs:
+          trial.set_user_attr(key, twin.user_attrs[key])
+      trial.set_user_attr("duplicate_of", twin.number)
+      logging.info(
+        "Trial %d: the graph of trial %d again; its result is reused.", trial.number, twin.number
+      )
+      return twin.value
+    workdir = trial.user_attrs.get("workdir") or os.path.join(
+      study_dir, "trials", str(trial.number)
+    )
+    trial.set_user_attr("workdir", os.path.abspath(workdir))
+    trial.set_user_attr("host", socket.gethostname())
+    trial.set_user_attr("pid", os.getpid())
+    logging.info(
+      "Trial %d: gates_d=%s gates_transfer=%s in %s", trial.number, gates_d, gates_transfer, workdir
+    )
+
+    def report(record: dict) -> bool:
+      value = space.objective_value(record, s.objective, s.generator)
+      trial.report(value, record["epoch"])
+      return trial.should_prune()
+
+    beat = (
+      file_heartbeat(study_dir, trial.number, s.heartbeat_s)
+      if journal
+      else contextlib.nullcontext()
+    )
+    start = time.time()
+    with beat:
+      try:
+        result = train.train_and_evaluate(space.trial_config(config, params), workdir, [report])
+      except train.TrainingDiverged as e:
+        trial.set_user_attr("diverged", str(e))
+        raise optuna.TrialPruned(f"diverged: {e}") from None
+    wall = time.time() - start
+    mine = [r for r in result.scores if _timestamp(r) >= start - 1.0]  # this attempt's
+    eval_s = sum(float(r.get("eval_s", 0.0)) for r in mine)
+    trial.set_user_attr("wall_s", round(wall, 2))
+    trial.set_user_attr("eval_s", round(eval_s, 2))
+    trial.set_user_attr("train_s", round(wall - eval_s, 2))
+    best = space.best_record(result.scores, s.objective, s.generator)
+    if best is not None:
+      trial.set_user_attr(
+        "best",
+        {key: best[key] for key in ("step", "epoch", "generators", "num_samples", "weights")},
+      )
+    if result.stopped not in (None, "callback"):
+      requeue(trial.study, trial.study.trials[trial.number], s.max_retry + 1)
+      raise SearchInterrupted(f"{result.stopped} during trial {trial.number}")
+    if not s.keep_checkpoints and result.stopped in (None, "callback"):
+      import shutil
+
+      for sub in ("checkpoints", "best"):
+        shutil.rmtree(os.path.join(workdir, sub), ignore_errors=True)
+    if result.stopped == "callback":
+      raise optuna.TrialPruned(f"pruned after epoch {result.scores[-1]['epoch']}")
+    if best is None:
+      raise RuntimeError(f"trial {trial.number} recorded no {s.objective} in {workdir}")
+    return space.objective_value(best, s.objective, s.generator)
+
+  return objective
+
+
+def _timestamp(record: dict) -> float:
+  from datetime import datetime
+
+  return datetime.fromisoformat(record["time"]).timestamp() if "time" in record else 0.0
+
+
+def run_worker(
+  config,
+  study_dir: str,
+  storage_url: str,
+  worker_index: int,
+  config_spec: str,
+  overrides: list[str],
+) -> dict:
+  """Runs trials until the study has `num_trials` finished ones; returns the final counts."""
+  s = config.search
+  journal = not storage_url
+  storage = open_storage(study_dir, storage_url, s)
+  study = create_or_load(config, study_dir, storage, config_spec, overrides)
+  fail_stale_trials(study, study_dir, s, journal)
+  study = optuna.load_study(
+    study_name=s.study_name,
+    storage=storage,
+    sampler=make_sampler(s, (worker_index, len(study.trials))),
+    pruner=make_pruner(s),
+  )
+  objective = make_objective(config, study_dir, journal, config_spec, overrides)
+  start, done_here = time.time(), 0
+  optuna.logging.set_verbosity(optuna.logging.WARNING)
+  while True:
+    fail_stale_trials(study, study_dir, s, journal)
+    c = counts(study)
+    if c["finished"] >= s.num_trials:
+      break
+    if c["finished"] + c["running"] >= s.num_trials and not c["waiting"]:
+      logging.info("Waiting for %d running trial(s) of other workers.", c["running"])
+      time.sleep(s.heartbeat_s)
+      continue
+    study.optimize(objective, n_trials=1, gc_after_trial=False)
+    done_here += 1
+    c = counts(study)
+    rate = done_here / max(time.time() - start, 1e-9) * 3600
+    left = max(s.num_trials - c["finished"], 0)
+    logging.info(
+      "Study %s: %d/%d trials finished (%d complete, %d pruned, %d failed); this worker: "
+      "%.1f trials/h, ETA %s at this rate.",
+      s.study_name,
+      c["finished"],
+      s.num_trials,
+      c["complete"],
+      c["pruned"],
+      c["fail"],
+      rate,
+      _eta(left / rate * 3600 if rate else float("inf")),
+    )
+  return counts(study)
+
+
+def _eta(seconds: float) -> str:
+  if not np.isfinite(seconds):
+    return "unknown"
+  h, rem = divmod(int(seconds), 3600)
+  return f"{h}h{rem // 60:02d}m" if h else f"{rem // 60}m{rem % 60:02d}s"
+
+
+def best_trials(study: optuna.Study, top: int) -> list[optuna.trial.FrozenTrial]:
+  """The top finished trials with a value, best first (duplicates of a graph once)."""
+  maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+  trials = [t for t in study.get_trials(deepcopy=False, states=FINISHED) if t.value is not None]
+  trials.sort(key=lambda t: (-t.value if maximize else t.value, t.number))
+  seen, out = set(), []
+  for t in trials:
+    key = json.dumps(t.params, sort_keys=True)
+    if key not in seen:
+      seen.add(key)
+      out.append(t)
+  return out[:top]

@@ -1,0 +1,102 @@
+"""Knowledge-transfer-graph search (`python -m cgan_jax.search --config=configs/search.py`).
+
+Variants, after a colon:
+
+  table3     (default) the paper's Tables 3 and 8: k=3, feature maps near the output
+             (layers 3 and 4), all four gates on every edge, 200 epochs, 1,500 trials
+  table2     the paper's Table 2: k=3, the transfer method searched too (image, input
+             side, output side), through and cutoff gates only
+  k2         k=2, generated-image transfer, all four gates (4^4 = 256 distinct graphs)
+  smoke      (modifier) tiny: synthetic 32 px data, widths 4, 1 epoch, 4 trials, FID of
+             20 samples with the offline weights; a few minutes on 2 CPU cores
+
+Each trial is a normal run of `configs/cifar64.py`'s fields (so the best graph re-trains
+with `python -m cgan_jax.main`) plus `config.search`:
+
+  num_trials         finished (complete or pruned) trials the study stops at (paper: 1,500)
+  num_epochs         epochs per trial (paper: 200)
+  gates              the gates each edge chooses from (comma-separated)
+  transfer_methods   '' = keep config.graph.transfer; else the methods to choose from
+  objective          'is' (maximise, the paper; needs the full Inception weights) or 'fid'
+                     (minimise; works with the offline FID-only weights)
+  generator          0 = the best generator of the trial (the paper), i = G_i only
+  sampler, seed      'random' (the paper) or 'tpe'; the sampler's seed
+  pruner             'none' (the paper), 'successive_halving' or 'hyperband'
+  eval_samples       samples per generator of each evaluation during the search
+  eval_every_epochs  how often a trial evaluates (and checkpoints)
+  keep_checkpoints   keep a finished trial's checkpoints (a 64 px k=3 state is 162 MB;
+                     1,500 of them would fill a disk); they are always kept while it runs
+  heartbeat_s, grace_s   a running trial proves it is alive every heartbeat_s; one silent
+                     for grace_s is failed and re-queued (at most max_retry times)
+"""
+
+import importlib.util
+import os
+
+import ml_collections
+
+from cgan_jax.errors import choice_error
+
+VARIANTS = ("table3", "table2", "k2", "smoke")
+ALL_GATES = "through,cutoff,positive_linear,negative_linear"
+
+
+def _paper_config(arg: str) -> ml_collections.ConfigDict:
+  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cifar64.py")
+  spec = importlib.util.spec_from_file_location("_cifar64", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  variants = [v.strip() for v in (arg or "").split(",") if v.strip()]
+  for v in variants:
+    if v not in VARIANTS:
+      raise choice_error("config variant", v, VARIANTS)
+  setting = ([v for v in variants if v != "smoke"] or ["table3"])[-1]
+  c = _paper_config("proposed" if setting == "k2" else "proposed3")
+  s = c.search = ml_collections.ConfigDict()
+  s.num_trials = 1500
+  s.num_epochs = 200
+  s.gates = ALL_GATES
+  s.transfer_methods = ""
+  s.objective = "is"
+  s.generator = 0
+  s.sampler = "random"
+  s.seed = 0
+  s.pruner = "none"
+  # 5,000 samples: IS/FID of that size rank graphs reliably at a tenth of 50,000's cost.
+  s.eval_samples = 5000
+  # Every 5 epochs: 40 evaluations per 200-epoch trial; evaluating every epoch would cost
+  # more than the training itself on a GPU.
+  s.eval_every_epochs = 5
+  s.keep_checkpoints = False
+  s.heartbeat_s = 60
+  s.grace_s = 180
+  s.max_retry = 3
+  s.study_name = "cgan_jax"
+  if setting == "table2":
+    s.gates = "through,cutoff"
+    s.transfer_methods = "image,feature_input_side,feature_output_side"
+  if "smoke" in variants:
+    c.data.source = "synthetic"
+    c.data.image_size = 32  # the feature transfers need G's 4 layers of 32 px
+    c.data.num_train = 64
+    c.model.g_width = 4
+    c.model.d_width = 4
+    c.train.batch_size = 16
+    c.train.log_every_steps = 2
+    c.eval.inception_weights = "fid_helper"
+    c.eval.batch_size = 20
+    c.eval.num_reference = 40
+    c.eval.num_grid = 4
+    s.num_trials = 4
+    s.num_epochs = 1
+    s.objective = "fid"
+    s.eval_samples = 20
+    s.eval_every_epochs = 1
+    s.heartbeat_s = 2
+    s.grace_s = 6
+  c.num_epochs = s.num_epochs
+  return c

