@@ -119,7 +119,7 @@ def test_structure_key_names_what_changes_the_step():
 def test_persistent_compilation_cache_is_on_and_configurable(tmp_path, monkeypatch):
   path = builder.enable_compilation_cache()
   assert path and path == jax.config.jax_compilation_cache_dir
-  assert path == os.path.join(os.environ["CGAN_JAX_CACHE"], "jax_compile")
+  assert path == os.environ[builder.COMPILE_CACHE_ENV]  # the tests' shared folder (conftest)
   before = set(os.listdir(path))
   old_min = jax.config.jax_persistent_cache_min_compile_time_secs
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
