@@ -30,11 +30,11 @@ with `python -m cgan_jax.main`) plus `config.search`:
                      for grace_s is failed and re-queued (at most max_retry times)
 """
 
-import importlib.util
 import os
 
 import ml_collections
 
+from cgan_jax import configlib
 from cgan_jax.errors import choice_error
 
 VARIANTS = ("table3", "table2", "k2", "smoke")
@@ -42,11 +42,10 @@ ALL_GATES = "through,cutoff,positive_linear,negative_linear"
 
 
 def _paper_config(arg: str) -> ml_collections.ConfigDict:
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cifar64.py")
-  spec = importlib.util.spec_from_file_location("_cifar64", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+  """configs/cifar64.py with variants `arg` (this file builds on the paper's settings)."""
+  return configlib.load_config(
+    os.path.join(os.path.dirname(os.path.abspath(__file__)), f"cifar64.py:{arg}")
+  )
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
