@@ -83,7 +83,14 @@ def spawn_workers(n: int, argv: list[str]) -> int:
   """Starts n copies of this command as single workers; returns the worst exit code."""
   gpus = gpu_count()
   visible = [v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
-  base = [a for a in argv[1:] if not a.startswith(("--workers", "--worker_index"))]
+  base, skip = [], False
+  for a in argv[1:]:
+    if skip:
+      skip = False
+    elif a in ("--workers", "--worker_index"):
+      skip = True  # its value is the next argument
+    elif not a.startswith(("--workers=", "--worker_index=")):
+      base.append(a)
   procs = []
   for i in range(n):
     env = dict(os.environ)
