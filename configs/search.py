@@ -92,6 +92,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.eval.num_grid = 4
     s.num_trials = 4
     s.num_epochs = 1
+    # One epoch: with the paper's epoch-wise progress the linear gates would stay at their
+    # start values (p = 0) for the whole trial; step-wise progress lets them move.
+    c.graph.progress = "step"
     s.objective = "fid"
     s.eval_samples = 20
     s.eval_every_epochs = 1
