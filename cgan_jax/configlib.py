@@ -231,6 +231,12 @@ def compute_dtype(config):
   return jnp.dtype(config.dtype)
 
 
+def load_sibling(config_file: str, spec: str):
+  """Loads `spec` ('name.py[:variants]') from the folder of `config_file`: how a config
+  file builds on another (configs/search.py and cifar32_cpu.py on cifar64.py)."""
+  return load_config(os.path.join(os.path.dirname(os.path.abspath(config_file)), spec))
+
+
 def load_config(spec: str):
   """Loads `path/to/config.py[:variants]` the way `--config=` does, without flags.
 

@@ -29,8 +29,6 @@ On the development machine (2-core AMD EPYC VM) a step takes about 0.11 s at k =
 Evaluation is the larger part, so it runs every 2 epochs rather than every epoch.
 """
 
-import os
-
 import ml_collections
 
 from cgan_jax import configlib
@@ -38,13 +36,6 @@ from cgan_jax.errors import choice_error
 
 METHODS = ("dcgan", "dcgan_sn", "madgan", "proposed")
 VARIANTS = (*METHODS, "tiny")
-
-
-def _paper_config(arg: str) -> ml_collections.ConfigDict:
-  """configs/cifar64.py with variants `arg` (this file builds on the paper's settings)."""
-  return configlib.load_config(
-    os.path.join(os.path.dirname(os.path.abspath(__file__)), f"cifar64.py:{arg}")
-  )
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -55,7 +46,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       raise choice_error("config variant", v, VARIANTS)
   methods = [v for v in variants if v in METHODS] or ["proposed"]
   # 32 px, widths 32, batch 64 are the demo's (configs/cifar64.py:demo); the rest is ours.
-  c = _paper_config(f"{methods[-1]},demo")
+  c = configlib.load_sibling(__file__, f"cifar64.py:{methods[-1]},demo")
   c.num_epochs = 5
   c.data.source = "cifar_archive"
   c.eval.inception_weights = "fid_helper"

@@ -30,8 +30,6 @@ with `python -m cgan_jax.main`) plus `config.search`:
                      for grace_s is failed and re-queued (at most max_retry times)
 """
 
-import os
-
 import ml_collections
 
 from cgan_jax import configlib
@@ -41,20 +39,15 @@ VARIANTS = ("table3", "table2", "k2", "smoke")
 ALL_GATES = "through,cutoff,positive_linear,negative_linear"
 
 
-def _paper_config(arg: str) -> ml_collections.ConfigDict:
-  """configs/cifar64.py with variants `arg` (this file builds on the paper's settings)."""
-  return configlib.load_config(
-    os.path.join(os.path.dirname(os.path.abspath(__file__)), f"cifar64.py:{arg}")
-  )
-
-
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   variants = [v.strip() for v in (arg or "").split(",") if v.strip()]
   for v in variants:
     if v not in VARIANTS:
       raise choice_error("config variant", v, VARIANTS)
   setting = ([v for v in variants if v != "smoke"] or ["table3"])[-1]
-  c = _paper_config("proposed" if setting == "k2" else "proposed3")
+  c = configlib.load_sibling(
+    __file__, "cifar64.py:" + ("proposed" if setting == "k2" else "proposed3")
+  )
   s = c.search = ml_collections.ConfigDict()
   s.num_trials = 1500
   s.num_epochs = 200
