@@ -11,13 +11,13 @@ standard deviation over seeds (ddof = 1) of each generator's numbers.
 """
 
 import dataclasses
-import json
 import os
 
 import numpy as np
 
 from cgan_jax import configlib
 from cgan_jax.errors import ConfigError
+from cgan_jax.run import restore
 from cgan_jax.run import scores as scores_lib
 
 PICKS = ("best", "final")
@@ -64,28 +64,21 @@ def load_run(workdir: str) -> Run:
   records = scores_lib.read(workdir)
   if not records:
     raise ConfigError(f"{scores_lib.path(workdir)!r} is empty: the run has no evaluation yet")
-  with open(config_path) as f:
-    c = json.load(f)
-  transfer = c["graph"]["transfer"] if c["model"]["k"] > 1 else "none"
+  c = restore.load_run_config(workdir)
+  transfer = c.graph.transfer if c.model.k > 1 else "none"
   return Run(
     workdir=workdir,
     name=os.path.basename(workdir),
-    method=c["method"],
-    sn=configlib.d_norm(_Dot(c)) == "spectral",
+    method=c.method,
+    sn=configlib.d_norm(c) == "spectral",
     transfer=transfer,
-    k=int(c["model"]["k"]),
-    gates_d=c["graph"].get("gates_d", "") or "through",
-    gates_transfer=(c["graph"].get("gates_transfer", "") or "through")
-    if transfer != "none"
-    else "",
-    seed=int(c["seed"]),
-    epochs=int(c["num_epochs"]),
+    k=int(c.model.k),
+    gates_d=c.graph.get("gates_d", "") or "through",
+    gates_transfer=(c.graph.get("gates_transfer", "") or "through") if transfer != "none" else "",
+    seed=int(c.seed),
+    epochs=int(c.num_epochs),
     records=tuple(records),
   )
-
-
-class _Dot(dict):
-  __getattr__ = dict.get
 
 
 def pick_record(run: Run, generator: int, pick: str) -> dict:

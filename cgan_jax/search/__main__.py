@@ -132,11 +132,7 @@ def report_main() -> None:
     cli.fail(f"--study_dir={FLAGS.study_dir!r} holds no study ({study_lib.JOURNAL} is missing)")
   out = FLAGS.out or FLAGS.study_dir
   check_writable(out, "--out")
-  storage = (
-    study_lib.open_storage(FLAGS.study_dir, FLAGS.storage, None)
-    if not FLAGS.storage
-    else FLAGS.storage
-  )
+  storage = FLAGS.storage or study_lib.open_storage(FLAGS.study_dir, "", None)
   names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
   name = FLAGS.study_name or (names[0] if len(names) == 1 else None)
   if name not in names:

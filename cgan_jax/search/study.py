@@ -24,9 +24,11 @@ Within a worker, trials of the same structure (only gates differ) reuse one comp
 import contextlib
 import json
 import os
+import shutil
 import socket
 import threading
 import time
+from datetime import datetime
 
 import numpy as np
 import optuna
@@ -145,13 +147,11 @@ def _process_gone(trial: optuna.trial.FrozenTrial) -> bool:
   return False
 
 
-def fail_stale_trials(study: optuna.Study, study_dir: str, search, journal: bool) -> int:
-  """Fails (and re-queues) the running trials nobody runs any more; returns how many."""
+def fail_stale_trials(study: optuna.Study, study_dir: str, search, journal: bool) -> None:
+  """Fails (and re-queues) the running trials nobody runs any more."""
   if not journal:
-    before = len(study.get_trials(deepcopy=False, states=(TrialState.FAIL,)))
     optuna.storages.fail_stale_trials(study)  # the RDB heartbeat; re-queues via the callback
-    return len(study.get_trials(deepcopy=False, states=(TrialState.FAIL,))) - before
-  failed = 0
+    return
   now = time.time()
   for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
     path = heartbeat_path(study_dir, trial.number)
@@ -165,14 +165,12 @@ def fail_stale_trials(study: optuna.Study, study_dir: str, search, journal: bool
       study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
     except Exception:  # noqa: BLE001 - another worker failed it first
       continue
-    failed += 1
     logging.warning(
       "Trial %d was RUNNING but its worker is gone (no heartbeat for %.0f s): failed.",
       trial.number,
       now - last,
     )
     requeue(study, study.trials[trial.number], search.max_retry)
-  return failed
 
 
 def counts(study: optuna.Study) -> dict[str, int]:
@@ -314,8 +312,6 @@ def make_objective(config, study_dir: str, journal: bool, config_spec: str, over
       requeue(trial.study, trial.study.trials[trial.number], s.max_retry + 1)
       raise SearchInterrupted(f"{result.stopped} during trial {trial.number}")
     if not s.keep_checkpoints and result.stopped in (None, "callback"):
-      import shutil
-
       for sub in ("checkpoints", "best"):
         shutil.rmtree(os.path.join(workdir, sub), ignore_errors=True)
     if result.stopped == "callback":
@@ -328,8 +324,6 @@ def make_objective(config, study_dir: str, journal: bool, config_spec: str, over
 
 
 def _timestamp(record: dict) -> float:
-  from datetime import datetime
-
   return datetime.fromisoformat(record["time"]).timestamp() if "time" in record else 0.0
 
 
