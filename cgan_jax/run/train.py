@@ -198,9 +198,18 @@ def train_and_evaluate(
   manager = checkpointing.make_manager(workdir, config.checkpoint.keep)
   restored = checkpointing.restore_latest(manager, state, workdir)
   last_good = None
+  pending_eval = False
   if restored is not None:
     state, last_good = restored
-    if last_good >= total_steps:
+    # The checkpoint is saved before the epoch's evaluation, so a run stopped while
+    # evaluating resumes by evaluating that step first (no training is repeated).
+    pending_eval = (
+      evaluator is not None
+      and last_good % spe == 0
+      and (last_good // spe % config.eval.every_epochs == 0 or last_good >= total_steps)
+      and not any(r.get("step") == last_good for r in scores_lib.read(workdir))
+    )
+    if last_good >= total_steps and not pending_eval:
       manager.close()
       records = scores_lib.read(workdir)
       logging.info(
@@ -252,68 +261,80 @@ def train_and_evaluate(
     checkpointing.save(manager, step, state)
     last_good = step
 
-  with _StopSignal() as stop:
-    while step < total_steps and stopped is None:
-      epoch, start = divmod(step, spe)
-      batches = input_pipeline.EpochBatches(
-        images,
-        config.train.batch_size,
-        config.seed,
-        epoch,
-        start,
-        jax.process_index(),
-        jax.process_count(),
-      )
-      for raw in input_pipeline.prefetch_to_device(
-        batches, config.data.prefetch, program.data_sharding
-      ):
-        state, metrics = program.step_on_raw(state, raw, hparams)
-        step += 1
-        history.append(metrics)
-        if step == first_step + 1:
-          jax.block_until_ready(metrics)  # compiled and run: the progress clock starts here
-        if step % config.train.log_every_steps == 0:
-          _check_finite(history, step, last_good, workdir)  # waits for the step (device_get)
-          _log(writer, history, step)
-          history = []
-        report(step)  # after the wait above, so the rate is of finished steps
-        if stop.received is not None:
-          break
-      if stop.received is not None:
-        stopped = stop.received
-        logging.warning("Received %s at step %d: saving a checkpoint and exiting.", stopped, step)
-        save_checkpoint()
-        break
-      epoch_done = step // spe
-      last = step >= total_steps
-      if epoch_done % config.eval.every_epochs == 0 or last:
-        write_sample_grids(writer, workdir, program.generate, state, grid_z, step, config.model.k)
-        if evaluator is not None:
-          num = config.eval.final_num_samples if last else config.eval.num_samples
-          t_eval = time.perf_counter()
-          scores = evaluator.evaluate(program.generate, state, jax.random.fold_in(eval_key, 1), num)
-          log_scores(writer, evaluator, scores, step, num)
-          record = evaluator.record(scores, step=step, epoch=epoch_done, num_samples=num)
-          record.update(
-            final=last,
-            eval_s=round(time.perf_counter() - t_eval, 2),
-            process_s=round(time.perf_counter() - t_start, 2),
-          )
-          if jax.process_index() == 0:
-            scores_lib.append(workdir, record)
-          save_best(best_manager, evaluator, scores, step, state)
-          if any([bool(cb(record)) for cb in callbacks]) and not last:
-            stopped = "callback"
-            logging.info("A callback asked to stop after step %d: saving a checkpoint.", step)
-            save_checkpoint()
+  def evaluate(epoch_done: int, last: bool) -> bool:
+    """The sample grids and (with an evaluator) the scores of `state` at `step`; True when a
+    callback asks the run to stop."""
+    write_sample_grids(writer, workdir, program.generate, state, grid_z, step, config.model.k)
+    if evaluator is None:
+      return False
+    num = config.eval.final_num_samples if last else config.eval.num_samples
+    t_eval = time.perf_counter()
+    scores = evaluator.evaluate(program.generate, state, jax.random.fold_in(eval_key, 1), num)
+    log_scores(writer, evaluator, scores, step, num)
+    record = evaluator.record(scores, step=step, epoch=epoch_done, num_samples=num)
+    record.update(
+      final=last,
+      eval_s=round(time.perf_counter() - t_eval, 2),
+      process_s=round(time.perf_counter() - t_start, 2),
+    )
+    if jax.process_index() == 0:
+      scores_lib.append(workdir, record)
+    save_best(best_manager, evaluator, scores, step, state)
+    return any([bool(cb(record)) for cb in callbacks]) and not last
+
+  try:
+    if pending_eval:
+      logging.info("Evaluating step %d, which the previous process did not finish.", step)
+      if evaluate(step // spe, step >= total_steps):
+        stopped = "callback"
+
+    with _StopSignal() as stop:
+      while step < total_steps and stopped is None:
+        epoch, start = divmod(step, spe)
+        batches = input_pipeline.EpochBatches(
+          images,
+          config.train.batch_size,
+          config.seed,
+          epoch,
+          start,
+          jax.process_index(),
+          jax.process_count(),
+        )
+        for raw in input_pipeline.prefetch_to_device(
+          batches, config.data.prefetch, program.data_sharding
+        ):
+          state, metrics = program.step_on_raw(state, raw, hparams)
+          step += 1
+          history.append(metrics)
+          if step == first_step + 1:
+            jax.block_until_ready(metrics)  # compiled and run: the progress clock starts here
+          if step % config.train.log_every_steps == 0:
+            _check_finite(history, step, last_good, workdir)  # waits for the step (device_get)
+            _log(writer, history, step)
+            history = []
+          report(step)  # after the wait above, so the rate is of finished steps
+          if stop.received is not None:
             break
-      if epoch_done % config.checkpoint.every_epochs == 0 or last:
-        save_checkpoint()
-  manager.wait_until_finished()
-  manager.close()
-  if best_manager is not None:
-    best_manager.wait_until_finished()
-    best_manager.close()
+        if stop.received is not None:
+          stopped = stop.received
+          logging.warning("Received %s at step %d: saving a checkpoint and exiting.", stopped, step)
+          save_checkpoint()
+          break
+        epoch_done = step // spe
+        last = step >= total_steps
+        if epoch_done % config.checkpoint.every_epochs == 0 or last:
+          save_checkpoint()  # before evaluating: a run killed while evaluating keeps its training
+        if (epoch_done % config.eval.every_epochs == 0 or last) and evaluate(epoch_done, last):
+          stopped = "callback"
+          logging.info("A callback asked to stop after step %d: saving a checkpoint.", step)
+          if last_good != step:
+            save_checkpoint()
+  finally:  # also on an error or interrupt: a checkpoint being written is finished
+    manager.wait_until_finished()
+    manager.close()
+    if best_manager is not None:
+      best_manager.wait_until_finished()
+      best_manager.close()
   writer.flush()
   records = scores_lib.read(workdir)
   _summary(workdir, first_step, step, total_steps, time.perf_counter() - t_start, records, stopped)
