@@ -91,7 +91,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     s.objective = "fid"
     s.eval_samples = 20
     s.eval_every_epochs = 1
+    # Short, but with room for a loaded 2-core machine: a worker whose heartbeat is late by
+    # more than grace_s loses its trial to another worker (a dead worker on this host is
+    # found at once by its pid, whatever grace_s is).
     s.heartbeat_s = 2
-    s.grace_s = 6
+    s.grace_s = 30
   c.num_epochs = s.num_epochs
   return c

@@ -173,6 +173,12 @@ def fail_stale_trials(study: optuna.Study, study_dir: str, search, journal: bool
     requeue(study, study.trials[trial.number], search.max_retry)
 
 
+def _taken_over(study: optuna.Study, trial_id: int) -> bool:
+  """Whether the trial was failed in the storage by someone other than its worker."""
+  trial = study._storage.get_trial(trial_id)
+  return trial.state == TrialState.FAIL
+
+
 def counts(study: optuna.Study) -> dict[str, int]:
   out = {s.name.lower(): 0 for s in TrialState}
   for t in study.get_trials(deepcopy=False):
@@ -250,7 +256,7 @@ def make_objective(config, study_dir: str, journal: bool, config_spec: str, over
   s = config.search
   k = config.model.k
 
-  def objective(trial: optuna.Trial) -> float:
+  def train_trial(trial: optuna.Trial) -> float:
     params = space.suggest(trial, config)
     gates_d, gates_transfer = space.graph_text(params, k)
     trial.set_user_attr("gates_d", gates_d)
@@ -320,6 +326,22 @@ def make_objective(config, study_dir: str, journal: bool, config_spec: str, over
       raise RuntimeError(f"trial {trial.number} recorded no {s.objective} in {workdir}")
     return space.objective_value(best, s.objective, s.generator)
 
+  def objective(trial: optuna.Trial) -> float:
+    # Where the trial got to, for `run_worker` to tell a trial another worker took over
+    # ("taken": Optuna refused a write; "done": it may refuse the final tell) from a bug.
+    objective.trial_id, objective.reached = trial._trial_id, "running"
+    try:
+      value = train_trial(trial)
+    except optuna.TrialPruned:
+      objective.reached = "done"
+      raise
+    except optuna.exceptions.UpdateFinishedTrialError:
+      objective.reached = "taken"
+      raise
+    objective.reached = "done"
+    return value
+
+  objective.trial_id, objective.reached = None, None
   return objective
 
 
@@ -359,7 +381,21 @@ def run_worker(
       logging.info("Waiting for %d running trial(s) of other workers.", c["running"])
       time.sleep(s.heartbeat_s)
       continue
-    study.optimize(objective, n_trials=1, gc_after_trial=False)
+    objective.trial_id, objective.reached = None, None
+    try:
+      study.optimize(objective, n_trials=1, gc_after_trial=False)
+    except (optuna.exceptions.UpdateFinishedTrialError, ValueError):
+      # Another worker found this worker's trial silent for grace_s (a loaded machine, a
+      # long pause), failed it and queued it again; that copy carries on from its workdir.
+      # Optuna then refuses our report (UpdateFinishedTrialError) or our tell (ValueError).
+      if objective.reached not in ("taken", "done") or not _taken_over(study, objective.trial_id):
+        raise
+      logging.warning(
+        "Another worker failed this worker's trial as stale (its heartbeat was more than "
+        "grace_s=%s s late) and queued it again; going on with the next trial.",
+        s.grace_s,
+      )
+      continue
     done_here += 1
     c = counts(study)
     rate = done_here / max(time.time() - start, 1e-9) * 3600
