@@ -4,6 +4,7 @@ with the generators split over the mesh's 'gen' axis.
 The check runs in a subprocess because the device count is fixed when JAX starts
 (`XLA_FLAGS=--xla_force_host_platform_device_count=4`)."""
 
+import json
 import os
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from cgan_jax.run import parallel
 from .conftest import ROOT, build, real_batch, tiny_config
 
 SCRIPT = r"""
+import json, sys
 import jax, numpy as np
 from cgan_jax.run import builder, parallel
 from tests.conftest import real_batch, tiny_config
@@ -39,45 +41,55 @@ def run(config, devices, gen=1, steps=3):
     assert d_leaf.addressable_shards[0].data.shape == d_leaf.shape  # D is replicated
   return jax.device_get(state), jax.device_get(metrics)
 
+variants, extra, gen = json.loads(sys.argv[1])
+c = tiny_config(variants, **extra)
+one, m1 = run(c, jax.devices()[:1])
+four, m4 = run(c, jax.devices(), gen)
+assert int(one.step) == int(four.step) == 3
+worst = 0.0
+for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(four)):
+  a, b = np.asarray(a), np.asarray(b)
+  if a.dtype.kind == "f":
+    # atol: a tenth of one Adam step (lr 2e-4). Adam divides by sqrt(v), so where a
+    # gradient is near zero, reduction-order rounding moves a parameter by up to ~1e-5;
+    # per-device (not global) BatchNorm statistics would move it by ~lr per step.
+    np.testing.assert_allclose(b, a, rtol=2e-5, atol=2e-5)
+    worst = max(worst, float(np.max(np.abs(a - b), initial=0.0)))
+  else:
+    np.testing.assert_array_equal(a, b)
+np.testing.assert_allclose(m4["d_loss"], m1["d_loss"], rtol=1e-5)
+print(f"{variants}, gen={gen}: 4 devices == 1 device after 3 steps (max |diff| {worst:.2e})")
+print("OK")
+"""
+
+
 # (variants, config overrides, gen): gen > 1 splits the k generators over the 'gen' axis.
 # (proposed, gen=1) is left out: (proposed, gen=2) runs the same config data-parallel too.
+# One process per case, so the cases spread over the test workers.
 CASES = [
   ("dcgan", {}, 1),
   ("proposed3", {"train__d_update": "joint"}, 1),
   ("proposed", {}, 2),
   ("proposed", {"model__k": 4}, 4),
 ]
-for variants, extra, gen in CASES:
-  c = tiny_config(variants, **extra)
-  one, m1 = run(c, jax.devices()[:1])
-  four, m4 = run(c, jax.devices(), gen)
-  assert int(one.step) == int(four.step) == 3
-  worst = 0.0
-  for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(four)):
-    a, b = np.asarray(a), np.asarray(b)
-    if a.dtype.kind == "f":
-      # atol: a tenth of one Adam step (lr 2e-4). Adam divides by sqrt(v), so where a
-      # gradient is near zero, reduction-order rounding moves a parameter by up to ~1e-5;
-      # per-device (not global) BatchNorm statistics would move it by ~lr per step.
-      np.testing.assert_allclose(b, a, rtol=2e-5, atol=2e-5)
-      worst = max(worst, float(np.max(np.abs(a - b), initial=0.0)))
-    else:
-      np.testing.assert_array_equal(a, b)
-  np.testing.assert_allclose(m4["d_loss"], m1["d_loss"], rtol=1e-5)
-  print(f"{variants}, gen={gen}: 4 devices == 1 device after 3 steps (max |diff| {worst:.2e})")
-print("OK")
-"""
 
 
-@pytest.mark.parametrize("n", [4])
-def test_four_devices_equal_one_device(n):
+@pytest.mark.parametrize(
+  "case", CASES, ids=["dcgan", "proposed3-joint", "proposed-gen2", "proposed-k4-gen4"]
+)
+def test_four_devices_equal_one_device(case):
   env = {
     **os.environ,
-    "XLA_FLAGS": f"--xla_force_host_platform_device_count={n}",
+    "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
     "JAX_PLATFORMS": "cpu",
   }
   r = subprocess.run(
-    [sys.executable, "-c", SCRIPT], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+    [sys.executable, "-c", SCRIPT, json.dumps(case)],
+    cwd=ROOT,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=600,
   )
   assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
   assert r.stdout.strip().splitlines()[-1] == "OK", r.stdout

@@ -53,6 +53,13 @@ def smoke_config(num_trials=3, **search):
   return c
 
 
+def _problems(r) -> str:
+  """A failed command's output without its info log lines and progress bars."""
+  out = (r.stdout + r.stderr).splitlines()
+  kept = [ln for ln in out if not re.match(r"I\d{4} ", ln) and "%|" not in ln]
+  return "\n".join(kept)[-6000:]
+
+
 def search_cli(study_dir, *args, wait=True, **kw):
   cmd = [
     sys.executable,
@@ -443,7 +450,7 @@ def test_two_workers_share_one_study_on_postgresql(tmp_path, postgres):
   r = search_cli(
     tmp_path / "study", "--workers=2", f"--storage={postgres}", f"--config.search.num_trials={n}"
   )
-  assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+  assert r.returncode == 0, _problems(r)
   study = optuna.load_study(study_name="cgan_jax", storage=postgres)
   states = [t.state for t in study.trials]
   assert states.count(TrialState.COMPLETE) == n and len(states) == n, states
