@@ -174,7 +174,8 @@ def fail_stale_trials(study: optuna.Study, study_dir: str, search, journal: bool
 
 
 def _taken_over(study: optuna.Study, trial_id: int) -> bool:
-  """Whether the trial was failed in the storage by someone other than its worker."""
+  """Whether the storage holds the trial as failed: when its own objective did not fail it
+  (see `run_worker`), another worker did."""
   trial = study._storage.get_trial(trial_id)
   return trial.state == TrialState.FAIL
 
