@@ -197,21 +197,25 @@ def train_and_evaluate(
   write_config(workdir, config)
   manager = checkpointing.make_manager(workdir, config.checkpoint.keep)
   restored = checkpointing.restore_latest(manager, state, workdir)
+
+  def eval_due(at: int) -> bool:  # at the end of an epoch
+    return at // spe % config.eval.every_epochs == 0 or at >= total_steps
+
   last_good = None
   pending_eval = False
   if restored is not None:
     state, last_good = restored
+    records = scores_lib.read(workdir)
     # The checkpoint is saved before the epoch's evaluation, so a run stopped while
     # evaluating resumes by evaluating that step first (no training is repeated).
     pending_eval = (
       evaluator is not None
       and last_good % spe == 0
-      and (last_good // spe % config.eval.every_epochs == 0 or last_good >= total_steps)
-      and not any(r.get("step") == last_good for r in scores_lib.read(workdir))
+      and eval_due(last_good)
+      and not any(r.get("step") == last_good for r in records)
     )
     if last_good >= total_steps and not pending_eval:
       manager.close()
-      records = scores_lib.read(workdir)
       logging.info(
         "%s is already finished (step %d of %d); nothing to train. Raise "
         "--config.num_epochs to continue it.",
@@ -261,9 +265,10 @@ def train_and_evaluate(
     checkpointing.save(manager, step, state)
     last_good = step
 
-  def evaluate(epoch_done: int, last: bool) -> bool:
-    """The sample grids and (with an evaluator) the scores of `state` at `step`; True when a
-    callback asks the run to stop."""
+  def evaluate() -> bool:
+    """The sample grids and (with an evaluator) the scores of `state` at `step`, the end of
+    an epoch; True when a callback asks the run to stop."""
+    last = step >= total_steps
     write_sample_grids(writer, workdir, program.generate, state, grid_z, step, config.model.k)
     if evaluator is None:
       return False
@@ -271,7 +276,7 @@ def train_and_evaluate(
     t_eval = time.perf_counter()
     scores = evaluator.evaluate(program.generate, state, jax.random.fold_in(eval_key, 1), num)
     log_scores(writer, evaluator, scores, step, num)
-    record = evaluator.record(scores, step=step, epoch=epoch_done, num_samples=num)
+    record = evaluator.record(scores, step=step, epoch=step // spe, num_samples=num)
     record.update(
       final=last,
       eval_s=round(time.perf_counter() - t_eval, 2),
@@ -285,7 +290,7 @@ def train_and_evaluate(
   try:
     if pending_eval:
       logging.info("Evaluating step %d, which the previous process did not finish.", step)
-      if evaluate(step // spe, step >= total_steps):
+      if evaluate():
         stopped = "callback"
 
     with _StopSignal() as stop:
@@ -320,11 +325,9 @@ def train_and_evaluate(
           logging.warning("Received %s at step %d: saving a checkpoint and exiting.", stopped, step)
           save_checkpoint()
           break
-        epoch_done = step // spe
-        last = step >= total_steps
-        if epoch_done % config.checkpoint.every_epochs == 0 or last:
+        if step // spe % config.checkpoint.every_epochs == 0 or step >= total_steps:
           save_checkpoint()  # before evaluating: a run killed while evaluating keeps its training
-        if (epoch_done % config.eval.every_epochs == 0 or last) and evaluate(epoch_done, last):
+        if eval_due(step) and evaluate():
           stopped = "callback"
           logging.info("A callback asked to stop after step %d: saving a checkpoint.", step)
           if last_good != step:
