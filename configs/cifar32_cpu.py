@@ -67,7 +67,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.train.log_every_steps = 2
     c.eval.num_samples = 20
     c.eval.final_num_samples = 20
-    c.eval.num_reference = 40
-    c.eval.batch_size = 40  # the tests' Inception batch: compiled once per test run
+    c.eval.num_reference = 20
+    c.eval.batch_size = 20  # the tests' Inception batch: compiled once per test run
     c.eval.num_grid = 4
   return c

@@ -37,14 +37,15 @@ def tiny_config(variants: str = "proposed", **overrides):
 
 
 # Overrides of `tiny_config` that turn IS/FID on cheaply: the offline FID-only weights,
-# 20 / 30 samples per generator, a 24-image reference, one 40-image Inception batch.
+# 10 / 20 samples per generator, an 18-image reference, 20-image Inception batches (at
+# k = 2: one batch per evaluation, two for the final one, one for the reference).
 TINY_EVAL = dict(
   eval__enabled=True,
   eval__inception_weights="fid_helper",
-  eval__num_samples=20,
-  eval__final_num_samples=30,
-  eval__batch_size=40,
-  eval__num_reference=24,
+  eval__num_samples=10,
+  eval__final_num_samples=20,
+  eval__batch_size=20,
+  eval__num_reference=18,
 )
 
 
@@ -69,7 +70,7 @@ def _private_cache(tmp_path_factory):
 
   The persistent compilation cache is one folder for the whole pytest run, shared by the
   xdist workers and every subprocess they start, so a program compiled once (Inception at
-  the tests' batch of 40, a tiny training step) is read back instead of compiled again.
+  the tests' batch of 20, a tiny training step) is read back instead of compiled again.
   """
   names = ("CGAN_JAX_CACHE", "CGAN_JAX_COMPILE_CACHE")
   old = {name: os.environ.get(name) for name in names}

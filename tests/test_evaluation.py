@@ -94,7 +94,7 @@ def test_real_weight_parity_on_cifar(helper_weights, cifar_archive):
   from cgan_jax.run import input_pipeline
 
   images = input_pipeline.load_cifar_archive(str(cifar_archive))[:64]
-  ext = evaluator.InceptionExtractor(helper_weights, batch_size=32)
+  ext = evaluator.InceptionExtractor(helper_weights, batch_size=20)  # the shared batch
   ours, logits = ext.extract(images)
   assert logits is None
   ts = torch.jit.load(weights_lib.fid_helper_file(), map_location="cpu").eval()
@@ -159,6 +159,34 @@ def test_frechet_with_fewer_samples_than_dimensions_matches_sqrtm():
   ours = metrics.frechet_distance(mu1, s1, mu2, s2)
   np.testing.assert_allclose(ours, pytorch_fid_reference(mu1, s1, mu2, s2), rtol=1e-6)
   np.testing.assert_allclose(ours, frechet_reference(mu1, s1, mu2, s2), rtol=1e-7)
+
+
+def test_frechet_from_the_small_side_equals_the_root_route():
+  """n < d: the trace from the n x n matrix A S2 A^T (no root of S2) is the same FID."""
+  rng = np.random.default_rng(4)
+  gen = rng.normal(0.2, 1.0, (30, 96)) @ rng.normal(size=(96, 96)) * 0.2
+  (mu2, s2) = metrics.statistics(rng.normal(size=(200, 96)) @ rng.normal(size=(96, 96)) * 0.2)
+  rs = metrics.RunningStats(96)
+  for i in range(0, 30, 8):  # streamed in batches, as an evaluation does
+    rs.update(gen[i : i + 8])
+  a = rs.factor()
+  assert a.shape == (30, 96)
+  np.testing.assert_allclose(a.T @ a, rs.sigma, atol=1e-12 * np.abs(rs.sigma).max())
+  small = metrics.frechet_distance(rs.mu, rs.sigma, mu2, s2, factor1=a)
+  # The d x d route leaves d - n eigenvalues at rounding level, whose square roots add up
+  # to ~1e-8 relative; the small route has none of them.
+  np.testing.assert_allclose(small, metrics.frechet_distance(rs.mu, rs.sigma, mu2, s2), rtol=1e-7)
+  # Known value: against S2 = c I, tr((S1 S2)^1/2) = sqrt(c) * (sum of A's singular values).
+  c, zero = 2.5, np.zeros(96)
+  exact = rs.mu @ rs.mu + np.trace(rs.sigma) + 96 * c
+  exact -= 2 * np.sqrt(c) * np.linalg.svd(a, compute_uv=False).sum()
+  got = metrics.frechet_distance(rs.mu, rs.sigma, zero, c * np.eye(96), factor1=a)
+  np.testing.assert_allclose(got, exact, rtol=1e-8)  # centring leaves one ~0 eigenvalue
+  np.testing.assert_allclose(small, pytorch_fid_reference(rs.mu, rs.sigma, mu2, s2), rtol=1e-6)
+  with pytest.raises(ValueError, match="factor1 has shape"):
+    metrics.frechet_distance(rs.mu, rs.sigma, mu2, s2, factor1=a[:, :5])
+  rs.update(rng.normal(size=(70, 96)))  # n >= d: rows are no longer kept
+  assert rs.factor() is None and rs.rows is None
 
 
 def test_frechet_known_gaussians_and_self():
@@ -262,20 +290,20 @@ def test_training_logs_metrics_and_keeps_best_checkpoint(tmp_path, helper_weight
     train.train_and_evaluate(c, str(wd))
   tables = [r.getMessage() for r in caplog.records if "samples per generator" in r.getMessage()]
   assert len(tables) == 2  # epochs 1 and 2 (every_epochs=1)
-  assert "Step 4: 20 samples per generator" in tables[0]
-  assert "Step 8: 30 samples per generator" in tables[1]
-  assert "synthetic images, 24 images at 16x16 (the first 24 of 32)" in tables[1]
+  assert "Step 4: 10 samples per generator" in tables[0]
+  assert "Step 8: 20 samples per generator" in tables[1]
+  assert "synthetic images, 18 images at 16x16 (the first 18 of 32)" in tables[1]
   assert "pool3 only" in tables[1] and "unavailable" in tables[1]
   # scores.jsonl: one line per evaluation, with its provenance; the FIDs are the logged ones
   records = scores_lib.read(str(wd))
   assert [(r["step"], r["epoch"], r["num_samples"], r["final"]) for r in records] == [
-    (4, 1, 20, False),
-    (8, 2, 30, True),
+    (4, 1, 10, False),
+    (8, 2, 20, True),
   ]
   for r in records:
     assert len(r["generators"]) == 2 and all(set(g) == {"fid"} for g in r["generators"])
     assert r["weights"] == helper_weights.name and r["weights_sha256"] == helper_weights.sha256
-    assert r["reference"].endswith("(the first 24 of 32)")
+    assert r["reference"].endswith("(the first 18 of 32)")
     assert r["eval_s"] > 0 and r["process_s"] >= r["eval_s"] and r["time"].endswith("+00:00")
   fid_g1 = float(tables[1].splitlines()[-1].split()[-1])
   assert abs(records[1]["generators"][1]["fid"] - fid_g1) < 1e-3
@@ -299,7 +327,7 @@ def test_training_logs_metrics_and_keeps_best_checkpoint(tmp_path, helper_weight
     "--checkpoint=latest",
     "--num_samples=20",
     "--weights=fid_helper",
-    "--batch_size=40",
+    "--batch_size=20",
   )
   assert r.returncode == 0, r.stderr[-3000:]
   lines = r.stdout.strip().splitlines()
@@ -344,7 +372,7 @@ def test_fid_cli(tmp_path, helper_weights):
     str(tmp_path / "k.npz"),
     str(tmp_path / "folder"),
     "--weights=fid_helper",
-    "--batch_size=12",
+    "--batch_size=20",  # the other tests' Inception batch (read from the shared cache)
     f"--save_stats={tmp_path / 'stats.npz'}",
   )
   assert r.returncode == 0, r.stderr[-3000:]
@@ -353,12 +381,16 @@ def test_fid_cli(tmp_path, helper_weights):
   assert lines[-1].startswith("FID: ") and float(lines[-1].split()[1]) == min(fid_g0, fid_g1)
   assert abs(fid_g1) < 1e-3 < fid_g0  # G1's set is the folder itself
   # The same FID computed in-process, and through the saved statistics.
-  ext = evaluator.InceptionExtractor(helper_weights, 12)
+  ext = evaluator.InceptionExtractor(helper_weights, 20)
   fa, fb = ext.extract(a)[0], ext.extract(b)[0]
   direct = metrics.frechet_distance(*metrics.statistics(fa), *metrics.statistics(fb))
   np.testing.assert_allclose(fid_g0, direct, rtol=1e-4)
   r = run_cli(
-    "cgan_jax.fid", str(tmp_path / "stats.npz"), str(tmp_path / "folder"), "--weights=fid_helper"
+    "cgan_jax.fid",
+    str(tmp_path / "stats.npz"),
+    str(tmp_path / "folder"),
+    "--weights=fid_helper",
+    "--batch_size=20",
   )
   assert r.returncode == 0 and float(r.stdout.split()[-1]) == pytest.approx(fid_g0, rel=1e-4)
 

@@ -30,11 +30,11 @@ from .conftest import ROOT
 
 SEARCH_CONFIG = str(ROOT / "configs" / "search.py")
 # The smoke search, smaller still: k = 2, 10 FID samples against 20 real images, in the
-# other tests' Inception batch of 40 (its compiled form is then read from the shared cache).
+# other tests' Inception batch of 20 (its compiled form is then read from the shared cache).
 FAST = [
   "--config.search.eval_samples=10",
   "--config.eval.num_reference=20",
-  "--config.eval.batch_size=40",
+  "--config.eval.batch_size=20",
 ]
 
 needs_fid_weights = pytest.mark.skipif(
@@ -47,7 +47,7 @@ def smoke_config(num_trials=3, **search):
   c.search.num_trials = num_trials
   c.search.eval_samples = 10
   c.eval.num_reference = 20
-  c.eval.batch_size = 40
+  c.eval.batch_size = 20
   for key, value in search.items():
     c.search[key] = value
   return c

@@ -28,7 +28,7 @@ from cgan_jax import configlib
 from cgan_jax.errors import ConfigError
 from cgan_jax.quality import inception, metrics
 from cgan_jax.quality import weights as weights_lib
-from cgan_jax.run import generate, input_pipeline, parallel
+from cgan_jax.run import builder, generate, input_pipeline, parallel
 
 IS_SPLITS = 10
 STATS_FORMAT = 1
@@ -43,6 +43,7 @@ class InceptionExtractor:
   """
 
   def __init__(self, weights: weights_lib.InceptionWeights, batch_size: int = 200):
+    builder.enable_compilation_cache()  # Inception, and its small eager ops
     self.weights = weights
     self.batch_size = int(batch_size)
     self.model = inception.InceptionV3(with_logits=weights.has_logits)
@@ -218,13 +219,12 @@ def generator_scores(
   stats: metrics.RunningStats, logits: np.ndarray | None, reference: ReferenceStats
 ) -> dict[str, float]:
   """One generator's metrics from its Inception statistics (and logits, for IS)."""
-  out = {
-    "fid": float(
-      metrics.frechet_distance(
-        stats.mu, stats.sigma, reference.mu, reference.sigma, sigma2_root=reference.sigma_root
-      )
-    )
-  }
+  factor = stats.factor()  # fewer samples than features: no root of the reference needed
+  root = None if factor is not None else reference.sigma_root
+  fid = metrics.frechet_distance(
+    stats.mu, stats.sigma, reference.mu, reference.sigma, sigma2_root=root, factor1=factor
+  )
+  out = {"fid": float(fid)}
   if logits is not None:
     is_mean, is_std = metrics.inception_score(logits, IS_SPLITS)
     out.update({"is": float(is_mean), "is_std": float(is_std)})

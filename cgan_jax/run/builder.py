@@ -18,7 +18,11 @@ Program, so the second run compiles nothing: those values are traced inputs
 Across processes, JAX's persistent compilation cache keeps compiled executables on disk
 (`enable_compilation_cache`): `$CGAN_JAX_COMPILE_CACHE` names its folder (default
 `<cache dir>/jax_compile`, i.e. `~/.cache/cgan_jax/jax_compile`; `off` turns it off; a
-folder already set through JAX's own `jax_compilation_cache_dir` is kept).
+folder already set through JAX's own `jax_compilation_cache_dir` is kept). It keeps
+every executable, however quick to compile, not only those over JAX's default second:
+initialising a state runs a few hundred small eager ops, each compiled once per process,
+and reading them back instead took a tiny config's `init_state` from 43 s to 4.5 s in a
+second process on the 2-core CPU (benchmarks/README.md).
 """
 
 import dataclasses
@@ -100,7 +104,13 @@ def step_hparams(config, steps_per_epoch: int) -> steps.StepHparams:
 
 
 def init_state(config, init_key: jax.Array) -> state_lib.GANState:
-  """The initial `GANState` of a validated config from `init_key` (on the host)."""
+  """The initial `GANState` of a validated config from `init_key` (on the host).
+
+  Eager, op by op, as Flax's `init` is: under `jax.jit` it took as long to compile on the
+  CPU and its values differ in the last float bit. The persistent compilation cache keeps
+  the small ops' executables (`enable_compilation_cache`).
+  """
+  enable_compilation_cache()
   spec = step_spec(config)
   return state_lib.create_train_state(
     init_key,
@@ -270,8 +280,10 @@ def enable_compilation_cache() -> str | None:
   """Turns on JAX's persistent compilation cache (once per process); returns its folder.
 
   A folder already set through JAX (`jax_compilation_cache_dir`, `JAX_COMPILATION_CACHE_DIR`)
-  is kept. Executables that took over a second to compile are cached (JAX's default), so
-  a second process skips compiling the training step.
+  is kept. Every executable is cached, also those quicker to compile than JAX's default
+  threshold of a second (unless `JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS` is set, or
+  the process is one of several under `jax.distributed`), so a second process skips
+  compiling the training step and the eager ops of `init_state`.
   """
   global _cache_enabled
   current = jax.config.jax_compilation_cache_dir
@@ -287,6 +299,13 @@ def enable_compilation_cache() -> str | None:
     logging.warning("No persistent compilation cache: cannot create %s (%s).", path, e)
     return None
   jax.config.update("jax_compilation_cache_dir", path)
+  if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ and not (
+    jax.distributed.is_initialized()
+  ):
+    # Not with several processes: an entry is keyed by its devices, so a process whose
+    # device other (single-process) runs warmed would read its small ops back while the
+    # others compile them, and reach the first collective over 30 s (Gloo's limit) ahead.
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
   return path
 
 
