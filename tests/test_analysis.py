@@ -40,6 +40,7 @@ def size_of(path):
     return im.size
 
 
+@pytest.mark.xdist_group("analysis")  # one worker builds tiny_runs
 def test_table_aggregates_seeds_as_mean_and_std(tiny_runs, tmp_path):
   runs = [runs_lib.load_run(d) for d in tiny_runs]
   rows = runs_lib.table_rows(runs, "best")
@@ -74,6 +75,7 @@ def test_table_aggregates_seeds_as_mean_and_std(tiny_runs, tmp_path):
   assert rows[2]["fid_seed_std"] is None
 
 
+@pytest.mark.xdist_group("analysis")  # one worker builds tiny_runs
 def test_table_cli_writes_markdown_and_csv(tiny_runs, tmp_path):
   r = run_cli("cgan_jax.analyze", "table", f"--runs={','.join(tiny_runs)}", f"--out={tmp_path}")
   assert r.returncode == 0, r.stderr[-2000:]
@@ -82,6 +84,7 @@ def test_table_cli_writes_markdown_and_csv(tiny_runs, tmp_path):
   assert (tmp_path / "table.md").read_text() in r.stdout
 
 
+@pytest.mark.xdist_group("analysis")  # one worker builds tiny_runs
 def test_figures_have_one_panel_per_run_generator_and_metric(tiny_runs, tmp_path):
   runs = [runs_lib.load_run(d) for d in tiny_runs]
   # Sizes are figsize x dpi (110): samples 3.0 x 3.3 in per generator and run, t-SNE
@@ -93,6 +96,7 @@ def test_figures_have_one_panel_per_run_generator_and_metric(tiny_runs, tmp_path
   assert size_of(one) == (660, 363)
 
 
+@pytest.mark.xdist_group("analysis")  # one worker builds tiny_runs
 def test_workdir_without_scores_is_one_error_line(tiny_runs, tmp_path):
   bare = tmp_path / "bare"
   shutil.copytree(tiny_runs[0], bare)

@@ -30,6 +30,7 @@ def tiny_protocol(tmp_path_factory):
   return out, args, r
 
 
+@pytest.mark.xdist_group("reproduce")  # one worker builds tiny_protocol
 def test_protocol_writes_table_and_figures(tiny_protocol):
   out, _, r = tiny_protocol
   assert sorted(os.listdir(out / "runs")) == ["dcgan_sn_seed0", "proposed_seed0"]
@@ -59,6 +60,7 @@ def test_protocol_writes_table_and_figures(tiny_protocol):
   assert samples.format == "PNG" and samples.size == (704, 748)
 
 
+@pytest.mark.xdist_group("reproduce")  # one worker builds tiny_protocol
 def test_protocol_rerun_skips_finished_runs(tiny_protocol):
   out, args, _ = tiny_protocol
   before = (out / "runs" / "proposed_seed0" / "scores.jsonl").read_bytes()
@@ -125,6 +127,7 @@ def test_train_parity_script_runs_both_sides(tmp_path):
   assert len(list((tmp_path / "grids").glob("*.png"))) == 4
 
 
+@pytest.mark.xdist_group("reproduce")  # one worker builds tiny_protocol
 def test_export_keeps_what_the_report_needs(tiny_protocol, tmp_path):
   """--export copies the finished runs' small files only and writes the report from them:
   the same report."""

@@ -281,9 +281,10 @@ def enable_compilation_cache() -> str | None:
 
   A folder already set through JAX (`jax_compilation_cache_dir`, `JAX_COMPILATION_CACHE_DIR`)
   is kept. Every executable is cached, also those quicker to compile than JAX's default
-  threshold of a second (unless `JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS` is set, or
-  the process is one of several under `jax.distributed`), so a second process skips
-  compiling the training step and the eager ops of `init_state`.
+  threshold of a second (unless `JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS` is set), so a
+  second process skips compiling the training step and the eager ops of `init_state`.
+  Under `jax.distributed` each process has its own subfolder, so all processes of a run
+  find the cache equally warm and reach their collectives together.
   """
   global _cache_enabled
   current = jax.config.jax_compilation_cache_dir
@@ -293,18 +294,18 @@ def enable_compilation_cache() -> str | None:
   path = compilation_cache_dir()
   if path is None:
     return None
+  if jax.distributed.is_initialized():
+    # One folder per process of a multi-process run. In a shared folder, a process whose
+    # device single-process runs had warmed read its ops back while the others compiled
+    # them, and then waited at the first collective past Gloo's 30 s limit.
+    path = os.path.join(path, f"process{jax.process_index()}of{jax.process_count()}")
   try:
     os.makedirs(path, exist_ok=True)
   except OSError as e:
     logging.warning("No persistent compilation cache: cannot create %s (%s).", path, e)
     return None
   jax.config.update("jax_compilation_cache_dir", path)
-  if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ and not (
-    jax.distributed.is_initialized()
-  ):
-    # Not with several processes: an entry is keyed by its devices, so a process whose
-    # device other (single-process) runs warmed would read its small ops back while the
-    # others compile them, and reach the first collective over 30 s (Gloo's limit) ahead.
+  if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
   return path
 
