@@ -226,7 +226,6 @@ def train_and_evaluate(
       return RunResult(state, records, None)
     logging.info("Resumed from step %d in %s", last_good, workdir)
 
-  logging.info("Opening the metric writer (TensorBoard through clu, if installed)...")
   writer = writers.make_writer(workdir, just_logging=jax.process_index() > 0)
   writer.write_hparams(_flatten_hparams(config))
   best_manager = None
@@ -338,7 +337,7 @@ def train_and_evaluate(
     if best_manager is not None:
       best_manager.wait_until_finished()
       best_manager.close()
-  writer.flush()
+  writer.close()
   records = scores_lib.read(workdir)
   _summary(workdir, first_step, step, total_steps, time.perf_counter() - t_start, records, stopped)
   return RunResult(state, records, stopped)

@@ -1,21 +1,31 @@
-"""Metric writers and progress reports: clu's where it imports, a logging fallback where not.
+"""Metric writers and progress reports: TensorBoard event files plus the log.
 
-The progress line (steps/s, ETA) is `ProgressLog`'s, with or without clu.
+The progress line (steps/s, ETA) is `ProgressLog`'s.
 
-clu's `metric_writers` package imports TensorFlow (for its TensorBoard writer), and GPU
-images often ship JAX without TensorFlow or clu. Training must still run there, so when
-clu cannot be imported the run logs its scalars and progress through absl logging
-(`LogWriter`) and says once that TensorBoard files are off; the scores
-still go to `scores.jsonl` and the sample grids to PNG files.
+TensorBoard files are written with the `tensorboard` package's own event-file writer and
+summary protos (what `torch.utils.tensorboard` builds on), not through clu's
+`SummaryWriter`: that one imports TensorFlow, which took 10-18 s and about 700 MB in every
+training process (the CLI, each search trial, each test subprocess) only to write a few
+scalars and images. `tensorboard` is pure Python; GPU images often ship JAX without it,
+and then the run logs its scalars through absl logging (`LogWriter`) and says once that
+TensorBoard files are off; the scores still go to `scores.jsonl` and the sample grids to
+PNG files. The writers follow clu's `MetricWriter` method names (`write_scalars`,
+`write_images`, `write_hparams`, `flush`, `close`), so a clu writer can stand in.
 """
 
+import io
+import itertools
+import os
+import socket
 import time
 
+import numpy as np
 from absl import logging
 
 
 class LogWriter:
-  """The subset of clu's `MetricWriter` that training uses, writing to the log only."""
+  """Scalars to the absl log (clu's `LoggingWriter` format); images and hparams are not
+  logged (they are PNG files and workdir/config.json)."""
 
   def write_scalars(self, step: int, scalars: dict) -> None:
     text = ", ".join(f"{name}={float(value):.4g}" for name, value in sorted(scalars.items()))
@@ -28,6 +38,9 @@ class LogWriter:
     del hparams  # the config is written to workdir/config.json
 
   def flush(self) -> None:
+    pass
+
+  def close(self) -> None:
     pass
 
 
@@ -66,33 +79,137 @@ class ProgressLog:
     return rate
 
 
-def _clu_metric_writers():
-  """clu.metric_writers, or None (logged once) where clu or TensorFlow is missing."""
+def _tensorboard():
+  """(RecordWriter, summary_pb2, event_pb2, hparams summary_v2), or None (logged once)
+  where `tensorboard` is not installed."""
   try:
-    from clu import metric_writers
+    from tensorboard.compat.proto import event_pb2, summary_pb2
+    from tensorboard.plugins.hparams import summary_v2
+    from tensorboard.summary.writer.record_writer import RecordWriter
 
-    return metric_writers
+    return RecordWriter, summary_pb2, event_pb2, summary_v2
   except ImportError as e:
-    if not getattr(_clu_metric_writers, "_warned", False):
-      _clu_metric_writers._warned = True
+    if not getattr(_tensorboard, "_warned", False):
+      _tensorboard._warned = True
       logging.warning(
         "TensorBoard logging is off (%s); scalars and progress go to the log, scores to "
-        "scores.jsonl, sample grids to samples/*.png. `pip install clu tensorflow-cpu` "
-        "turns it on.",
+        "scores.jsonl, sample grids to samples/*.png. `pip install tensorboard` turns it on.",
         e,
       )
     return None
 
 
+_files_opened = itertools.count()
+
+
+class TensorBoardWriter:
+  """Scalars, images and hparams as a TensorBoard event file in `logdir`, without TensorFlow.
+
+  Scalars are `simple_value`s and images PNG-encoded `Summary.Image`s, the forms
+  TensorBoard reads as its scalar and image plugins' data; hparams go to the hparams
+  plugin (`summary_v2.hparams_pb`). The file is named and framed as tensorboard's own
+  `EventFileWriter` does it (its `RecordWriter`), but opened with plain `open`: that
+  writer opens files through `tensorboard.compat.tf`, which imports TensorFlow wherever
+  it is installed. So `logdir` is a local (or mounted) folder, like the rest of the
+  workdir's PNG grids and scores. Each write is flushed: a run writes a few events per
+  log interval, and a killed process loses none of them.
+  """
+
+  def __init__(self, logdir: str):
+    tb = _tensorboard()
+    if tb is None:
+      raise ImportError("tensorboard is not installed")
+    record_writer, self._summary_pb2, self._event_pb2, self._hparams = tb
+    os.makedirs(logdir, exist_ok=True)
+    stamp = f"{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}"
+    name = f"events.out.tfevents.{stamp}.{next(_files_opened)}"
+    self.path = os.path.join(logdir, name)
+    self._records = record_writer(open(self.path, "wb"))  # noqa: SIM115 (closed in close())
+    self._add(self._event_pb2.Event(file_version="brain.Event:2"))
+
+  def _add(self, event) -> None:
+    event.wall_time = time.time()
+    self._records.write(event.SerializeToString())
+    self._records.flush()
+
+  def _summary(self, step: int | None, summary) -> None:
+    event = self._event_pb2.Event(summary=summary)
+    if step is not None:
+      event.step = int(step)
+    self._add(event)
+
+  def write_scalars(self, step: int, scalars: dict) -> None:
+    value = self._summary_pb2.Summary.Value
+    values = [value(tag=name, simple_value=float(v)) for name, v in scalars.items()]
+    self._summary(step, self._summary_pb2.Summary(value=values))
+
+  def write_images(self, step: int, images: dict) -> None:
+    """`images`: name -> uint8 [h, w, c] or [n, h, w, c]; the first of a batch is written."""
+    from PIL import Image
+
+    summary_pb2 = self._summary_pb2
+    values = []
+    for name, image in images.items():
+      image = np.asarray(image)
+      image = image[0] if image.ndim == 4 else image
+      buf = io.BytesIO()
+      Image.fromarray(image.squeeze(-1) if image.shape[-1] == 1 else image).save(buf, "PNG")
+      encoded = summary_pb2.Summary.Image(
+        height=image.shape[0],
+        width=image.shape[1],
+        colorspace=image.shape[2],
+        encoded_image_string=buf.getvalue(),
+      )
+      values.append(summary_pb2.Summary.Value(tag=name, image=encoded))
+    self._summary(step, summary_pb2.Summary(value=values))
+
+  def write_hparams(self, hparams: dict) -> None:
+    self._summary(None, self._hparams.hparams_pb(dict(hparams)))
+
+  def flush(self) -> None:
+    self._records.flush()
+
+  def close(self) -> None:
+    if not self._records.closed:
+      self._records.close()
+
+
+class MultiWriter:
+  """Writes to each of `writers` in turn (clu's `MultiWriter`, for these methods)."""
+
+  def __init__(self, writers):
+    self.writers = list(writers)
+
+  def write_scalars(self, step: int, scalars: dict) -> None:
+    for w in self.writers:
+      w.write_scalars(step, scalars)
+
+  def write_images(self, step: int, images: dict) -> None:
+    for w in self.writers:
+      w.write_images(step, images)
+
+  def write_hparams(self, hparams: dict) -> None:
+    for w in self.writers:
+      w.write_hparams(hparams)
+
+  def flush(self) -> None:
+    for w in self.writers:
+      w.flush()
+
+  def close(self) -> None:
+    for w in self.writers:
+      w.close()
+
+
 def make_writer(workdir: str, just_logging: bool):
-  """clu's default writer (TensorBoard + log), or `LogWriter` without clu/TensorFlow."""
-  m = _clu_metric_writers()
-  if m is None:
+  """The log plus TensorBoard files in `workdir` (the log only when `just_logging`, e.g. on
+  non-lead processes, or when `tensorboard` is not installed)."""
+  if just_logging or _tensorboard() is None:
     return LogWriter()
-  return m.create_default_writer(workdir, just_logging=just_logging)
+  return MultiWriter([LogWriter(), TensorBoardWriter(workdir)])
 
 
 def make_progress(num_train_steps: int, every_steps: int) -> ProgressLog:
-  """The progress line (steps/s, ETA). One format, with or without clu: clu's
-  `ReportProgress` printed it twice (its work-unit notes and the writer's scalars)."""
+  """The progress line (steps/s, ETA). Not clu's `ReportProgress`, which printed it twice
+  (its work-unit notes and the writer's scalars)."""
   return ProgressLog(num_train_steps, every_steps)
