@@ -103,8 +103,10 @@ class RunningStats:
     self.count += f.shape[0]
     self.total += f.sum(axis=0)
     self.outer += f.T @ f
-    if self.rows is not None:
-      self.rows = self.rows + [f] if self.count < self.dim else None
+    if self.rows is not None and self.count < self.dim:
+      self.rows.append(f)
+    else:
+      self.rows = None  # n >= dim: the d x d route is the cheaper one from here on
 
   def factor(self) -> np.ndarray | None:
     """A [n, dim] with `sigma` = A^T A (centred rows / sqrt(n - 1)); None once n >= dim."""
