@@ -19,13 +19,12 @@ Across processes, JAX's persistent compilation cache keeps compiled executables 
 (`enable_compilation_cache`): `$CGAN_JAX_COMPILE_CACHE` names its folder (default
 `<cache dir>/jax_compile`, i.e. `~/.cache/cgan_jax/jax_compile`; `off` turns it off; a
 folder already set through JAX's own `jax_compilation_cache_dir` is kept). It keeps
-every executable, however quick to compile, not only those over JAX's default second:
-initialising a state runs a few hundred small eager ops, each compiled once per process,
-and reading them back instead took a tiny config's `init_state` from 43 s to 4.5 s in a
-second process on the 2-core CPU (benchmarks/README.md).
+every executable, however quick to compile, not only those over JAX's default second
+(the evaluator's and sampling's small eager ops, the jitted initial state).
 """
 
 import dataclasses
+import functools
 import os
 import threading
 from typing import Any
@@ -106,14 +105,30 @@ def step_hparams(config, steps_per_epoch: int) -> steps.StepHparams:
 def init_state(config, init_key: jax.Array) -> state_lib.GANState:
   """The initial `GANState` of a validated config from `init_key` (on the host).
 
-  Eager, op by op, as Flax's `init` is: under `jax.jit` it took as long to compile on the
-  CPU and its values differ in the last float bit. The persistent compilation cache keeps
-  the small ops' executables (`enable_compilation_cache`).
+  One jitted function per `init_structure_key`, compiled on the CPU without LLVM's
+  optimisation passes (`parallel.init_compiler_options`): Flax's eager `init` ran a few
+  hundred small ops, each compiled on its own, and took 37 s in a fresh process for a tiny
+  k = 3 config on the 2-core VM; jitted with the full passes 23 s; jitted without them 4 s.
+  Against the eager init, 9 of 75 leaves differ, by at most 1.2e-7 (the last float bit of
+  some N(0, 0.02) draws): the same numbers up to rounding, not bit for bit.
   """
   enable_compilation_cache()
+  key = init_structure_key(config)
+  with _INIT_LOCK:  # not _LOCK: `build` holds that while it calls `abstract_state`
+    fn = _INITS.get(key)
+    if fn is None:
+      fn = jax.jit(_create_fn(config), compiler_options=parallel.init_compiler_options())
+      _INITS[key] = fn
+  return fn(init_key)
+
+
+def _create_fn(config):
+  """init_key -> the initial GANState of `config` (pure; jitted by `init_state`)."""
   spec = step_spec(config)
-  return state_lib.create_train_state(
-    init_key,
+  # create_train_state reads only k, image_size, z_dim and ema_decay > 0 from the config,
+  # all part of `init_structure_key`; the rest comes from the modules and optimizers.
+  return functools.partial(
+    state_lib.create_train_state,
     config=config,
     generator=spec.generator,
     discriminator=spec.discriminator,
@@ -122,13 +137,13 @@ def init_state(config, init_key: jax.Array) -> state_lib.GANState:
   )
 
 
-def structure_key(config, mesh: jax.sharding.Mesh) -> tuple:
-  """What fixes the compiled step: shapes, code paths, mesh and compiler options.
+_INITS: dict[tuple, Any] = {}
+_INIT_LOCK = threading.Lock()
 
-  Everything else a config holds (gates, alpha, seed, epochs, learning rates, EMA decay,
-  data, evaluation, checkpoints) is either a traced input or not part of the step.
-  """
-  m, t = config.model, config.train
+
+def init_structure_key(config) -> tuple:
+  """What fixes the initial state's shapes and code (the config part of `structure_key`)."""
+  m = config.model
   return (
     ("d_norm", configlib.d_norm(config)),
     ("k", m.k),
@@ -141,11 +156,23 @@ def structure_key(config, mesh: jax.sharding.Mesh) -> tuple:
     ("image_size", config.data.image_size),
     ("transfer", config.graph.transfer),
     ("transfer_reduction", configlib.transfer_reduction(config)),
-    ("d_update", t.d_update),
+    ("d_update", config.train.d_update),
     ("unroll", configlib.unroll_generators(config)),
     ("dtype", config.dtype),
     ("b1", float(config.optim.b1)),
     ("b2", float(config.optim.b2)),
+  )
+
+
+def structure_key(config, mesh: jax.sharding.Mesh) -> tuple:
+  """What fixes the compiled step: shapes, code paths, mesh and compiler options.
+
+  Everything else a config holds (gates, alpha, seed, epochs, learning rates, EMA decay,
+  data, evaluation, checkpoints) is either a traced input or not part of the step.
+  """
+  t = config.train
+  return (
+    *init_structure_key(config),
     ("batch_size", t.batch_size),
     ("mesh", tuple(mesh.shape.items()), tuple(d.id for d in mesh.devices.flat)),
     ("compiler_options", tuple(sorted((parallel.compiler_options() or {}).items()))),
@@ -258,9 +285,11 @@ def build(config, mesh: jax.sharding.Mesh | None = None) -> Program:
 
 
 def clear_programs() -> None:
-  """Forgets every built Program (the next `build` compiles again)."""
+  """Forgets every built Program and initial-state function (the next run compiles again)."""
   with _LOCK:
     _PROGRAMS.clear()
+  with _INIT_LOCK:
+    _INITS.clear()
 
 
 _cache_enabled = False
@@ -282,7 +311,7 @@ def enable_compilation_cache() -> str | None:
   A folder already set through JAX (`jax_compilation_cache_dir`, `JAX_COMPILATION_CACHE_DIR`)
   is kept. Every executable is cached, also those quicker to compile than JAX's default
   threshold of a second (unless `JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS` is set), so a
-  second process skips compiling the training step and the eager ops of `init_state`.
+  second process skips compiling the training step and `init_state`.
   Under `jax.distributed` each process has its own subfolder, so all processes of a run
   find the cache equally warm and reach their collectives together.
   """
@@ -312,4 +341,4 @@ def enable_compilation_cache() -> str | None:
 
 def abstract_state(config) -> state_lib.GANState:
   """The shapes and dtypes of a config's state, without computing it."""
-  return jax.eval_shape(lambda: init_state(config, jax.random.PRNGKey(0)))
+  return jax.eval_shape(_create_fn(config), jax.random.PRNGKey(0))

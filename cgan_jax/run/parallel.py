@@ -56,6 +56,27 @@ def compiler_options() -> dict[str, str] | None:
   return dict(CPU_COMPILER_OPTIONS)
 
 
+# The initial state is computed once per run, in microseconds, but compiling it with
+# LLVM's full optimisation took most of a fresh process's start-up on the CPU (threefry
+# and the initialisers of every layer: 23 s for a tiny k = 3 config on the 2-core VM,
+# 4 s without LLVM's optimisation passes). Same operations, unoptimised machine code.
+CPU_INIT_COMPILER_OPTIONS = {"xla_backend_optimization_level": 0}
+
+
+@functools.cache
+def init_compiler_options() -> dict | None:
+  """`jax.jit(compiler_options=...)` for `builder.init_state` on this backend (None: none),
+  probed once like `compiler_options`."""
+  if jax.default_backend() != "cpu":
+    return None
+  try:
+    jax.jit(jnp.sin, compiler_options=CPU_INIT_COMPILER_OPTIONS).lower(1.0).compile()
+  except Exception as e:  # noqa: BLE001 - any rejection means: use the defaults.
+    logging.info("XLA:CPU init options %s not applied: %s", CPU_INIT_COMPILER_OPTIONS, e)
+    return None
+  return dict(CPU_INIT_COMPILER_OPTIONS)
+
+
 def make_mesh(devices=None, gen: int = 1) -> Mesh:
   """A [data, gen] mesh over all (or the given) devices; gen = 1 is plain data parallelism.
 
