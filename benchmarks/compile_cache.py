@@ -7,8 +7,8 @@ Starts `--runs` fresh processes one after the other, all with one new, empty cac
 (`$CGAN_JAX_COMPILE_CACHE`): the first compiles the step and writes it to the cache, the
 later ones read it. Each process builds the run (`builder.build`), then times the first
 call of the jitted step (trace, lower, compile or cache read, and one step) and a second
-call (one step), after timing `init_state` (Flax's eager init: a few hundred small ops,
-each compiled once per process unless read from the cache). Prints one line per process
+call (one step), after timing `init_state` (the jitted initial state, compiled without
+LLVM's optimisation passes on the CPU, or read from the cache). Prints one line per process
 and a markdown table.
 """
 
