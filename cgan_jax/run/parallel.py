@@ -39,21 +39,24 @@ CPU_COMPILER_OPTIONS = {
 }
 
 
-@functools.cache
-def compiler_options() -> dict[str, str] | None:
-  """`jax.jit(compiler_options=...)` for the training step on this backend (None: none).
-
-  The option is experimental, so it is probed once on a tiny function: a jaxlib that no
-  longer knows it gets XLA's defaults, never an error.
-  """
+def _probed(options: dict, what: str) -> dict | None:
+  """`options` if this backend is the CPU and its XLA accepts them on a tiny function, else
+  None (logged): the options are experimental, and a jaxlib that no longer knows one gets
+  XLA's defaults, never an error."""
   if jax.default_backend() != "cpu":
     return None
   try:
-    jax.jit(jnp.sin, compiler_options=CPU_COMPILER_OPTIONS).lower(1.0).compile()
+    jax.jit(jnp.sin, compiler_options=options).lower(1.0).compile()
   except Exception as e:  # noqa: BLE001 - any rejection means: use the defaults.
-    logging.info("XLA:CPU compiler options %s not applied: %s", CPU_COMPILER_OPTIONS, e)
+    logging.info("XLA:CPU %s options %s not applied: %s", what, options, e)
     return None
-  return dict(CPU_COMPILER_OPTIONS)
+  return dict(options)
+
+
+@functools.cache
+def compiler_options() -> dict[str, str] | None:
+  """`jax.jit(compiler_options=...)` for the training step on this backend (None: none)."""
+  return _probed(CPU_COMPILER_OPTIONS, "compiler")
 
 
 # The initial state is computed once per run, in microseconds, but compiling it with
@@ -65,16 +68,8 @@ CPU_INIT_COMPILER_OPTIONS = {"xla_backend_optimization_level": 0}
 
 @functools.cache
 def init_compiler_options() -> dict | None:
-  """`jax.jit(compiler_options=...)` for `builder.init_state` on this backend (None: none),
-  probed once like `compiler_options`."""
-  if jax.default_backend() != "cpu":
-    return None
-  try:
-    jax.jit(jnp.sin, compiler_options=CPU_INIT_COMPILER_OPTIONS).lower(1.0).compile()
-  except Exception as e:  # noqa: BLE001 - any rejection means: use the defaults.
-    logging.info("XLA:CPU init options %s not applied: %s", CPU_INIT_COMPILER_OPTIONS, e)
-    return None
-  return dict(CPU_INIT_COMPILER_OPTIONS)
+  """`jax.jit(compiler_options=...)` for `builder.init_state` on this backend (None: none)."""
+  return _probed(CPU_INIT_COMPILER_OPTIONS, "init")
 
 
 def make_mesh(devices=None, gen: int = 1) -> Mesh:
