@@ -14,8 +14,8 @@ from scipy import linalg
 from cgan_jax.errors import ConfigError
 from cgan_jax.quality import evaluator, inception, metrics
 from cgan_jax.quality import weights as weights_lib
+from cgan_jax.run import parallel, train
 from cgan_jax.run import scores as scores_lib
-from cgan_jax.run import train
 
 from .conftest import TINY_EVAL, tiny_config
 from .test_main import run_cli
@@ -70,15 +70,25 @@ def test_random_weight_parity_with_pytorch_reference():
   assert has_logits
   model = inception.InceptionV3(with_logits=True)
   x = np.random.default_rng(0).uniform(-1, 1, (2, 299, 299, 3)).astype(np.float32)
-  init = model.init(jax.random.PRNGKey(0), jnp.asarray(x[:1]))["params"]
+  init = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.asarray(x[:1]))["params"]
   assert jax.tree.map(np.shape, init) == jax.tree.map(np.shape, params)
-  pool3, logits, unbiased = jax.jit(model.apply)({"params": params}, jnp.asarray(x))
+  apply = jax.jit(model.apply, compiler_options=evaluator.inception_compiler_options())
+  pool3, logits, unbiased = apply({"params": params}, jnp.asarray(x))
   with torch.no_grad():
     ref_pool3, ref_logits = net(torch.from_numpy(x).permute(0, 3, 1, 2))
   assert np.std(ref_pool3.numpy()) > 1e-3  # not a degenerate all-zero comparison
   assert_close_rel(pool3, ref_pool3.numpy())
   assert_close_rel(logits, ref_logits.numpy())
   assert_close_rel(unbiased, (ref_logits - net.fc.bias).detach().numpy())
+
+
+def test_inception_keeps_full_optimisation_where_xla_flags_lower_it():
+  """The suite compiles at XLA's level 0 (conftest.py); Inception pins the default, 2."""
+  assert "--xla_backend_optimization_level=0" in os.environ["XLA_FLAGS"]
+  assert evaluator.inception_compiler_options() == {
+    **parallel.CPU_COMPILER_OPTIONS,
+    "xla_backend_optimization_level": 2,
+  }
 
 
 def test_torchscript_names_cover_the_whole_network(helper_weights):

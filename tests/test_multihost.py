@@ -2,14 +2,18 @@
 exactly what one process trains on the same global batch.
 
 Each process owns one CPU device and reads its half of every batch; the run writes one
-set of checkpoints, and `cgan_jax.sample` from it matches a single-process run.
+set of checkpoints, which one process reads back (as `cgan_jax.sample` does) and which
+holds the same state as a single-process run's.
 """
 
 import socket
 import subprocess
 import sys
 
+import jax
 import numpy as np
+
+from cgan_jax.run import restore
 
 from .conftest import ROOT
 from .test_main import TINY
@@ -23,16 +27,9 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def _sample(workdir, out):
-  r = subprocess.run(
-    [sys.executable, "-m", "cgan_jax.sample", f"--workdir={workdir}", "--num=8", f"--out={out}"],
-    cwd=ROOT,
-    capture_output=True,
-    text=True,
-    timeout=300,
-  )
-  assert r.returncode == 0, r.stderr[-3000:]
-  return np.load(out)
+def _latest(workdir):
+  _, state, step, _ = restore.restore_run(str(workdir), "latest")
+  return step, jax.device_get(state)
 
 
 def test_two_processes_train_like_one(tmp_path):
@@ -72,8 +69,16 @@ def test_two_processes_train_like_one(tmp_path):
   )
   assert r.returncode == 0, r.stderr[-3000:]
 
-  a, b = _sample(multi, tmp_path / "multi.npz"), _sample(single, tmp_path / "single.npz")
-  assert sorted(a.files) == sorted(b.files)
-  for name in a.files:
-    # Same function; only the order of the cross-device reductions differs.
-    np.testing.assert_allclose(a[name], b[name], atol=1e-4)
+  (step_a, a), (step_b, b) = _latest(multi), _latest(single)
+  assert step_a == step_b == int(b.step) > 0
+  paths_a, tree_a = jax.tree_util.tree_flatten_with_path(a)
+  paths_b, tree_b = jax.tree_util.tree_flatten_with_path(b)
+  assert tree_a == tree_b
+  for (path, x), (_, y) in zip(paths_a, paths_b, strict=True):
+    x, y = np.asarray(x), np.asarray(y)
+    if x.dtype.kind == "f":
+      # Same function; only the order of the cross-device reductions differs (as in
+      # test_parallel.py: Adam turns rounding of near-zero gradients into ~1e-5 moves).
+      np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-4, err_msg=jax.tree_util.keystr(path))
+    else:
+      np.testing.assert_array_equal(x, y, err_msg=jax.tree_util.keystr(path))

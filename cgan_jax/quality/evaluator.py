@@ -34,6 +34,19 @@ IS_SPLITS = 10
 STATS_FORMAT = 1
 
 
+def inception_compiler_options() -> dict | None:
+  """`jax.jit(compiler_options=...)` for Inception; None (the defaults) off the CPU.
+
+  On the CPU: the training step's XLA:CPU options (XLA's own convolution kernels instead of
+  YNNPACK's: 1.8x the images/s on the 2-core CPU, benchmarks/README.md; same features to
+  5e-6), and LLVM's full optimisation (XLA's default level 2) pinned, because Inception is
+  compute-bound: where XLA_FLAGS lowers the level for a whole process (the test suite does,
+  for its tiny programs), 20 images took 3.7 s instead of 2.1 s.
+  """
+  options = parallel.compiler_options()
+  return None if options is None else {**options, "xla_backend_optimization_level": 2}
+
+
 class InceptionExtractor:
   """Runs the FID Inception on uint8 images in fixed-size (padded) batches.
 
@@ -61,10 +74,7 @@ class InceptionExtractor:
       pool3, _, logits_unbiased = self.model.apply({"params": params}, inception.preprocess(images))
       return pool3, logits_unbiased
 
-    # The training step's XLA:CPU options (XLA's own convolution kernels instead of
-    # YNNPACK's): 1.8x the images/s on the 2-core CPU (benchmarks/README.md); same features
-    # to 5e-6. None (the defaults) on other backends.
-    self._fn = jax.jit(features, compiler_options=parallel.compiler_options())
+    self._fn = jax.jit(features, compiler_options=inception_compiler_options())
 
   @property
   def has_logits(self) -> bool:
