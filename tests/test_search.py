@@ -220,6 +220,61 @@ def test_a_worker_whose_trial_was_failed_as_stale_goes_on(tmp_path, monkeypatch,
   assert attempts[0] == attempts[1]  # the queued copy went on in the same workdir
 
 
+def test_a_trial_started_one_too_many_drops_out_before_training(tmp_path, monkeypatch, caplog):
+  """STUB training (no JAX). Two workers pass the 'fewer than num_trials' check at the same
+  moment: right after this worker's check, 'another worker' starts the study's last
+  trial. This worker's trial (the later number) must fail at once as surplus, without
+  training or a traceback, and the study end with exactly num_trials finished trials."""
+  from cgan_jax.run import train
+
+  c = smoke_config(num_trials=2)
+  trained = []
+
+  def stub_train(config, workdir, callbacks):
+    trained.append(workdir)
+    record = dict(step=4, epoch=1, generators=[{"fid": 100.0}, {"fid": 90.0}], num_samples=10)
+    record.update(weights="stub", eval_s=0.0)
+    return train.RunResult(None, [record], None)
+
+  real_counts, real_optimize, other = study_lib.counts, optuna.Study.optimize, {}
+
+  def racing_optimize(study, *args, **kwargs):
+    # This worker has checked the counts (1 finished, none running) and starts its second
+    # trial; between the two, the other worker starts the study's last trial.
+    if not other and real_counts(study)["finished"] == 1:
+      storage = study_lib.open_storage(str(tmp_path), "", c.search)
+      other["study"] = optuna.load_study(study_name=c.search.study_name, storage=storage)
+      other["trial"] = other["study"].ask()
+    return real_optimize(study, *args, **kwargs)
+
+  def counts_then_other_finishes(study):
+    c_now = real_counts(study)
+    if other and c_now[study_lib.SURPLUS] and c_now["running"]:
+      other["study"].tell(other["trial"], 50.0)  # the other worker's trial finishes
+    return c_now
+
+  monkeypatch.setattr(train, "train_and_evaluate", stub_train)
+  monkeypatch.setattr(optuna.Study, "optimize", racing_optimize)
+  monkeypatch.setattr(study_lib, "counts", counts_then_other_finishes)
+  optuna.logging.enable_propagation()  # Optuna's own log lines into caplog
+  try:
+    with caplog.at_level("INFO"):
+      counts = study_lib.run_worker(c, str(tmp_path), "", 0, f"{SEARCH_CONFIG}:smoke,k2", [])
+  finally:
+    optuna.logging.disable_propagation()
+  assert "this one (trial 2) was dropped before training" in caplog.text
+  assert "Trial 2 failed" not in caplog.text  # Optuna's warnings (and traceback) hidden
+  assert len(trained) == 1  # trial 0 only
+  assert counts["complete"] == 2 and counts["surplus"] == 1 and counts["fail"] == 0, counts
+  study = load_study(tmp_path)
+  assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2 + [TrialState.FAIL]
+  assert study_lib.SURPLUS in study.trials[2].user_attrs and not study.trials[2].params
+  # Whichever checks first, the later-numbered of two running trials is the surplus one.
+  late = [study.ask(), study.ask()]
+  assert [study_lib.is_surplus(study, t.number, 3) for t in reversed(late)] == [True, False]
+  assert [study_lib.is_surplus(study, t.number, 4) for t in late] == [False, False]
+
+
 # --------------------------------------------------------------------------- in one process
 
 

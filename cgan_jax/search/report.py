@@ -85,11 +85,13 @@ def write_tables(study: optuna.Study, out_dir: str, top: int) -> tuple[str, str]
   space = study.user_attrs.get("space", {})
   objective = space.get("objective", "objective")
   c = study_lib.counts(study)
+  n_surplus = c[study_lib.SURPLUS]
+  surplus = f" ({n_surplus} surplus, dropped before training)" if n_surplus else ""
   lines = [
     f"# Search {study.study_name!r}: the top {len(table)} graphs by {objective.upper()}",
     "",
     f"{c['finished']} finished trials ({c['complete']} complete, {c['pruned']} pruned), "
-    f"{c['fail']} failed, {c['running']} running. k = {space.get('k')}, gates from "
+    f"{c['fail']} failed, {c['running']} running{surplus}. k = {space.get('k')}, gates from "
     f"{', '.join(space.get('gates', []))}; {space.get('num_epochs')} epochs per trial, "
     f"{space.get('eval_samples')} samples per generator every "
     f"{space.get('eval_every_epochs')} epochs; objective: the "

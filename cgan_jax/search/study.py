@@ -15,7 +15,9 @@ One silent for `grace_s`, or whose worker process on this host is gone, is faile
 next worker that looks (every worker looks before each trial and at start) and re-queued
 with the same graph and the same workdir, so it resumes from its last checkpoint, at most
 `max_retry` times. Finished trials are COMPLETE or PRUNED; failed ones do not count, so
-the study ends with exactly `num_trials` finished trials and none lost or repeated.
+the study ends with exactly `num_trials` finished trials and none lost or repeated. A
+trial that two workers started one too many at the same moment fails at once, before
+training, marked 'surplus' (`is_surplus`).
 
 Within a worker, trials of the same structure (only gates differ) reuse one compiled step
 (`run.builder`); new processes load it from the persistent compilation cache.
@@ -23,6 +25,7 @@ Within a worker, trials of the same structure (only gates differ) reuse one comp
 
 import contextlib
 import json
+import logging as pylogging
 import os
 import shutil
 import socket
@@ -44,8 +47,31 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 RDB_SCHEMES = ("postgresql", "mysql", "sqlite")
 
 
+SURPLUS = "surplus"  # the user attr of a trial dropped as surplus (see `is_surplus`)
+
+
 class SearchInterrupted(Exception):
   """A signal stopped the worker mid-trial; the trial was checkpointed and re-queued."""
+
+
+class SurplusTrial(Exception):
+  """The trial was started after the study's last ones (see `is_surplus`): failed before
+  training, and not counted."""
+
+
+_SURPLUS_TRIALS: set[int] = set()  # numbers of this process's surplus trials
+
+
+class _HideSurplusFailures(pylogging.Filter):
+  """Drops Optuna's 'Trial N failed' warnings (one with a traceback) for a surplus trial:
+  `run_worker` says what happened in one line instead."""
+
+  def filter(self, record: pylogging.LogRecord) -> bool:
+    message = record.getMessage()
+    return not any(message.startswith(f"Trial {n} failed") for n in _SURPLUS_TRIALS)
+
+
+pylogging.getLogger("optuna.study._optimize").addFilter(_HideSurplusFailures())
 
 
 def is_rdb(url: str) -> bool:
@@ -181,11 +207,29 @@ def _taken_over(study: optuna.Study, trial_id: int) -> bool:
 
 
 def counts(study: optuna.Study) -> dict[str, int]:
+  """Trials per state; failed trials dropped as surplus count as 'surplus', not 'fail'."""
   out = {s.name.lower(): 0 for s in TrialState}
+  out[SURPLUS] = 0
   for t in study.get_trials(deepcopy=False):
-    out[t.state.name.lower()] += 1
+    surplus = t.state == TrialState.FAIL and SURPLUS in t.user_attrs
+    out[SURPLUS if surplus else t.state.name.lower()] += 1
   out["finished"] = out["complete"] + out["pruned"]
   return out
+
+
+def is_surplus(study: optuna.Study, number: int, num_trials: int) -> bool:
+  """Whether running trial `number` is one too many for a study of `num_trials`.
+
+  A worker starts a trial only while finished + running trials are fewer than
+  `num_trials`, but two workers can pass that check at the same moment and both start
+  one (Optuna has no lock for it). Each new trial therefore checks again once it exists:
+  of the running trials, only the `num_trials - finished` lowest-numbered may go on. Every
+  worker sees the same trials, so exactly the later ones drop out, whichever checks first.
+  """
+  trials = study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING))
+  finished = sum(t.state in FINISHED for t in trials)
+  running = sorted(t.number for t in trials if t.state == TrialState.RUNNING)
+  return number in running and running.index(number) >= num_trials - finished
 
 
 def make_sampler(search, salt: tuple[int, ...]) -> optuna.samplers.BaseSampler:
@@ -331,6 +375,13 @@ def make_objective(config, study_dir: str, journal: bool, config_spec: str, over
     # Where the trial got to, for `run_worker` to tell a trial another worker took over
     # ("taken": Optuna refused a write; "done": it may refuse the final tell) from a bug.
     objective.trial_id, objective.reached = trial._trial_id, "running"
+    if is_surplus(trial.study, trial.number, s.num_trials):
+      objective.reached = SURPLUS
+      _SURPLUS_TRIALS.add(trial.number)
+      trial.set_user_attr(
+        SURPLUS, "another worker started the study's last trial at the same moment"
+      )
+      raise SurplusTrial(f"trial {trial.number}")
     try:
       value = train_trial(trial)
     except optuna.TrialPruned:
@@ -384,7 +435,7 @@ def run_worker(
       continue
     objective.trial_id, objective.reached = None, None
     try:
-      study.optimize(objective, n_trials=1, gc_after_trial=False)
+      study.optimize(objective, n_trials=1, gc_after_trial=False, catch=(SurplusTrial,))
     except (optuna.exceptions.UpdateFinishedTrialError, ValueError):
       # Another worker found this worker's trial silent for grace_s (a loaded machine, a
       # long pause), failed it and queued it again; that copy carries on from its workdir.
@@ -395,6 +446,13 @@ def run_worker(
         "Another worker failed this worker's trial as stale (its heartbeat was more than "
         "grace_s=%s s late) and queued it again; going on with the next trial.",
         s.grace_s,
+      )
+      continue
+    if objective.reached == SURPLUS:
+      logging.info(
+        "Another worker started the study's last trial at the same moment as this worker; "
+        "this one (trial %d) was dropped before training (failed as 'surplus', not counted).",
+        study._storage.get_trial(objective.trial_id).number,
       )
       continue
     done_here += 1
