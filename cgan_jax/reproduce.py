@@ -294,6 +294,7 @@ def plot_curves(entries: list[dict], out: str) -> str:
 
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
+  from matplotlib.ticker import MaxNLocator
 
   methods = list(dict.fromkeys(e["method"] for e in entries))
   fig, axes = plt.subplots(
@@ -315,6 +316,7 @@ def plot_curves(entries: list[dict], out: str) -> str:
         )
     ax.set_title(method)
     ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # whole epochs
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
   axes[0][0].set_ylabel("FID (lower is better)")

@@ -18,6 +18,7 @@ matplotlib.use("Agg")
 import jax  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from cgan_jax.analysis.runs import Run  # noqa: E402
 from cgan_jax.run import generate, restore  # noqa: E402
@@ -140,6 +141,7 @@ def curves_figure(runs: list[Run], out: str) -> str:
           label=f"{run.name} G{g + 1}",
         )
     ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # whole epochs
     ax.set_ylabel({"is": "IS (higher is better)", "fid": "FID (lower is better)"}[metric])
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
