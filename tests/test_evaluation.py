@@ -87,7 +87,7 @@ def test_inception_keeps_full_optimisation_where_xla_flags_lower_it():
   assert "--xla_backend_optimization_level=0" in os.environ["XLA_FLAGS"]
   assert evaluator.inception_compiler_options() == {
     **parallel.CPU_COMPILER_OPTIONS,
-    "xla_backend_optimization_level": 2,
+    parallel.OPT_LEVEL: 2,
   }
 
 

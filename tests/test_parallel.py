@@ -98,7 +98,7 @@ def test_four_devices_equal_one_device(case):
 
 # XLA's default optimisation level, pinned: the suite lowers it in XLA_FLAGS (conftest.py)
 # for its other programs; these tests check what a training run compiles.
-LEVEL = "xla_backend_optimization_level"
+LEVEL = parallel.OPT_LEVEL
 
 
 def test_cpu_compiler_options_apply_and_leave_the_step_unchanged():

@@ -63,7 +63,8 @@ def compiler_options() -> dict[str, str] | None:
 # LLVM's full optimisation took most of a fresh process's start-up on the CPU (threefry
 # and the initialisers of every layer: 23 s for a tiny k = 3 config on the 2-core VM,
 # 4 s without LLVM's optimisation passes). Same operations, unoptimised machine code.
-CPU_INIT_COMPILER_OPTIONS = {"xla_backend_optimization_level": 0}
+OPT_LEVEL = "xla_backend_optimization_level"  # XLA's LLVM optimisation level: 0 or 2 (default)
+CPU_INIT_COMPILER_OPTIONS = {OPT_LEVEL: 0}
 
 
 @functools.cache

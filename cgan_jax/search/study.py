@@ -381,6 +381,11 @@ def make_objective(config, study_dir: str, journal: bool, config_spec: str, over
       trial.set_user_attr(
         SURPLUS, "another worker started the study's last trial at the same moment"
       )
+      logging.info(
+        "Another worker started the study's last trial at the same moment as this worker; "
+        "this one (trial %d) was dropped before training (failed as 'surplus', not counted).",
+        trial.number,
+      )
       raise SurplusTrial(f"trial {trial.number}")
     try:
       value = train_trial(trial)
@@ -448,12 +453,7 @@ def run_worker(
         s.grace_s,
       )
       continue
-    if objective.reached == SURPLUS:
-      logging.info(
-        "Another worker started the study's last trial at the same moment as this worker; "
-        "this one (trial %d) was dropped before training (failed as 'surplus', not counted).",
-        study._storage.get_trial(objective.trial_id).number,
-      )
+    if objective.reached == SURPLUS:  # logged by the objective
       continue
     done_here += 1
     c = counts(study)
