@@ -83,7 +83,7 @@ def set_statistics(kind, value, extractor, name):
   for g, images in enumerate(value):
     if len(images) < 2:
       raise ConfigError(f"{name}: FID needs at least 2 images, got {len(images)}")
-    feats, _ = extractor.extract(images, desc=f"{name}" + (f" G{g}" if len(value) > 1 else ""))
+    feats, _ = extractor.extract(images, desc=f"{name}" + (f" G{g + 1}" if len(value) > 1 else ""))
     out.append(metrics.statistics(feats))
   return out
 
@@ -124,8 +124,8 @@ def main(argv):
   fids = compute(argv[1], argv[2], FLAGS.weights, FLAGS.batch_size, FLAGS.save_stats)
   if len(fids) > 1:
     for g, v in enumerate(fids):
-      print(f"FID G{g}: {v:.6f}")
-    print(f"(lowest: G{int(np.argmin(fids))})")
+      print(f"FID G{g + 1}: {v:.6f}")
+    print(f"(lowest: G{int(np.argmin(fids)) + 1})")
   print(f"FID: {min(fids):.6f}")
 
 

@@ -343,7 +343,7 @@ def test_training_logs_metrics_and_keeps_best_checkpoint(tmp_path, helper_weight
   lines = r.stdout.strip().splitlines()
   assert "checkpoint latest (step 8): 20 samples per generator" in lines[0]
   assert "IS unavailable" in lines[0]
-  assert lines[-2].split()[0] == "G0" and lines[-1].split()[0] == "G1"
+  assert lines[-2].split()[0] == "G1" and lines[-1].split()[0] == "G2"  # numbered as in the paper
   assert float(lines[-1].split()[-1]) > 0
 
   r = run_cli("cgan_jax.evaluate", f"--workdir={wd}", "--num_samples=5")

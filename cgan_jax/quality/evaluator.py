@@ -242,11 +242,11 @@ def generator_scores(
 
 
 def format_table(scores: list[dict[str, float]], header: str) -> str:
-  """A plain-text table, one row per generator."""
+  """A plain-text table, one row per generator, numbered G1..Gk as in the paper."""
   lines = [header, f"{'generator':>9}  {'IS':>16}  {'FID':>9}"]
   for g, s in enumerate(scores):
     is_text = f"{s['is']:.3f} ± {s['is_std']:.3f}" if "is" in s else "unavailable"
-    lines.append(f"{'G' + str(g):>9}  {is_text:>16}  {s['fid']:9.3f}")
+    lines.append(f"{'G' + str(g + 1):>9}  {is_text:>16}  {s['fid']:9.3f}")
   return "\n".join(lines)
 
 
