@@ -260,10 +260,24 @@ def test_a_trial_started_one_too_many_drops_out_before_training(tmp_path, monkey
   try:
     with caplog.at_level("INFO"):
       counts = study_lib.run_worker(c, str(tmp_path), "", 0, f"{SEARCH_CONFIG}:smoke,k2", [])
+    assert "this one (trial 2) was dropped before training" in caplog.text
+    assert "Trial 2 failed" not in caplog.text  # Optuna's warnings (and traceback) hidden
+    # Another study's failing trial 2 in the same process is still reported, both lines.
+    caplog.clear()
+
+    def fails_third(trial):
+      if trial.number == 2:
+        raise ValueError("a real error")
+      return 1.0
+
+    with caplog.at_level("INFO"):
+      optuna.create_study().optimize(fails_third, n_trials=3, catch=(ValueError,))
+    assert "Trial 2 failed with parameters: {} because of the following error: ValueError" in (
+      caplog.text
+    )
+    assert "Trial 2 failed with value None." in caplog.text
   finally:
     optuna.logging.disable_propagation()
-  assert "this one (trial 2) was dropped before training" in caplog.text
-  assert "Trial 2 failed" not in caplog.text  # Optuna's warnings (and traceback) hidden
   assert len(trained) == 1  # trial 0 only
   assert counts["complete"] == 2 and counts["surplus"] == 1 and counts["fail"] == 0, counts
   study = load_study(tmp_path)

@@ -58,17 +58,32 @@ class SurplusTrial(Exception):
   """The trial was started after the study's last ones (see `is_surplus`): failed before
   training, and not counted."""
 
-
-_SURPLUS_TRIALS: set[int] = set()  # numbers of this process's surplus trials
+  def __init__(self, number: int):
+    super().__init__(f"trial {number}")
+    self.number = number
 
 
 class _HideSurplusFailures(pylogging.Filter):
-  """Drops Optuna's 'Trial N failed' warnings (one with a traceback) for a surplus trial:
-  `run_worker` says what happened in one line instead."""
+  """Drops Optuna's two 'Trial N failed' warnings for a surplus trial: the first carries
+  the `SurplusTrial` itself (as exc_info), the second ('... failed with value None.')
+  follows it at once from the same thread. The objective says what happened in one line
+  instead. Matching the exception, not the trial number, keeps another study's 'Trial N
+  failed' in the same process visible."""
+
+  def __init__(self):
+    super().__init__()
+    self._pending = threading.local()  # the number whose second warning is still due
 
   def filter(self, record: pylogging.LogRecord) -> bool:
-    message = record.getMessage()
-    return not any(message.startswith(f"Trial {n} failed") for n in _SURPLUS_TRIALS)
+    exc = record.exc_info[1] if record.exc_info else None
+    if isinstance(exc, SurplusTrial):
+      self._pending.number = exc.number
+      return False
+    number = getattr(self._pending, "number", None)
+    if number is not None and record.getMessage().startswith(f"Trial {number} failed with value"):
+      self._pending.number = None
+      return False
+    return True
 
 
 pylogging.getLogger("optuna.study._optimize").addFilter(_HideSurplusFailures())
@@ -377,7 +392,6 @@ def make_objective(config, study_dir: str, journal: bool, config_spec: str, over
     objective.trial_id, objective.reached = trial._trial_id, "running"
     if is_surplus(trial.study, trial.number, s.num_trials):
       objective.reached = SURPLUS
-      _SURPLUS_TRIALS.add(trial.number)
       trial.set_user_attr(
         SURPLUS, "another worker started the study's last trial at the same moment"
       )
@@ -386,7 +400,7 @@ def make_objective(config, study_dir: str, journal: bool, config_spec: str, over
         "this one (trial %d) was dropped before training (failed as 'surplus', not counted).",
         trial.number,
       )
-      raise SurplusTrial(f"trial {trial.number}")
+      raise SurplusTrial(trial.number)
     try:
       value = train_trial(trial)
     except optuna.TrialPruned:
