@@ -59,8 +59,11 @@ class SurplusTrial(Exception):
   training, and not counted."""
 
   def __init__(self, number: int):
-    super().__init__(f"trial {number}")
+    super().__init__(number)  # args = (number,): survives pickling
     self.number = number
+
+  def __str__(self) -> str:
+    return f"trial {self.number}"
 
 
 class _HideSurplusFailures(pylogging.Filter):
