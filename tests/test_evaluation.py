@@ -17,7 +17,7 @@ from cgan_jax.quality import weights as weights_lib
 from cgan_jax.run import parallel, train
 from cgan_jax.run import scores as scores_lib
 
-from .conftest import TINY_EVAL, tiny_config
+from .conftest import O0_FLAG, TINY_EVAL, tiny_config
 from .test_main import run_cli
 
 torch = pytest.importorskip("torch", reason="the parity tests need the torch extra")
@@ -84,7 +84,7 @@ def test_random_weight_parity_with_pytorch_reference():
 
 def test_inception_keeps_full_optimisation_where_xla_flags_lower_it():
   """The suite compiles at XLA's level 0 (conftest.py); Inception pins the default, 2."""
-  assert "--xla_backend_optimization_level=0" in os.environ["XLA_FLAGS"]
+  assert O0_FLAG in os.environ["XLA_FLAGS"]
   assert evaluator.inception_compiler_options() == {
     **parallel.CPU_COMPILER_OPTIONS,
     parallel.OPT_LEVEL: 2,
