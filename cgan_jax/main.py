@@ -9,17 +9,24 @@ device. On TPU pods, Slurm and Open MPI it finds its peers by itself; elsewhere 
 `--coordinator_address=HOST:PORT --num_processes=N --process_id=I`.
 """
 
-import ast
-import os
-import re
-import sys
+from cgan_jax.run import stop  # standard library only
 
-import jax
-from absl import flags, logging
-from ml_collections import config_flags
+if __name__ == "__main__":
+  # First, before JAX is imported: Ctrl-C / SIGTERM end start-up (imports, parsing,
+  # compiling, resuming) at once with one line, and later stop with a checkpoint.
+  stop.install()
 
-from cgan_jax import cli
-from cgan_jax.run import train
+import ast  # noqa: E402
+import os  # noqa: E402
+import re  # noqa: E402
+import sys  # noqa: E402
+
+import jax  # noqa: E402
+from absl import flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from cgan_jax import cli  # noqa: E402
+from cgan_jax.run import train  # noqa: E402
 
 FLAGS = flags.FLAGS
 

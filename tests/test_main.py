@@ -201,6 +201,87 @@ def test_sigterm_saves_and_exits_cleanly(tmp_path):
   assert len(steps) == 1 and int(steps[0]) > 0
 
 
+def _start_main(wd, *extra):
+  """The training CLI on a tiny config, its compile cache off (so compiling takes seconds)."""
+  return subprocess.Popen(
+    [
+      sys.executable,
+      "-m",
+      "cgan_jax.main",
+      "--config=configs/cifar64.py",
+      *TINY,
+      "--config.model.k=3",
+      "--config.graph.gates_d=through,through,through",
+      "--config.graph.gates_transfer=-,through,through;through,-,through;through,through,-",
+      *extra,
+      f"--workdir={wd}",
+    ],
+    cwd=ROOT,
+    env={**os.environ, "CGAN_JAX_COMPILE_CACHE": "off"},
+    stderr=subprocess.PIPE,
+    text=True,
+  )
+
+
+def _interrupt_when(proc, marker, timeout=240):
+  """Sends SIGINT once stderr shows `marker` (None: at once); returns (code, seconds from
+  the signal to the exit, the rest of stderr)."""
+  seen = []
+  if marker is not None:
+    deadline = time.time() + timeout
+    for line in proc.stderr:
+      seen.append(line)
+      if marker in line or time.time() > deadline:
+        break
+    assert marker in "".join(seen), "".join(seen)[-3000:]
+  t0 = time.time()
+  proc.send_signal(signal.SIGINT)
+  rest = proc.stderr.read()
+  code = proc.wait(timeout=120)
+  return code, time.time() - t0, rest
+
+
+def _assert_one_line_exit(code, seconds, rest):
+  assert code == 130, rest[-3000:]
+  assert seconds < 10, seconds
+  assert "Traceback" not in rest and "KeyboardInterrupt" not in rest, rest[-3000:]
+  lines = [ln for ln in rest.splitlines() if "SIGINT" in ln]
+  assert lines == [
+    "SIGINT received before training started: exiting now (nothing was saved, and nothing "
+    "of an existing run was changed)."
+  ], rest[-3000:]
+
+
+def test_ctrl_c_before_the_config_is_parsed_exits_at_once(tmp_path):
+  """Issue 29: SIGINT while Python imports JAX, before the flags are parsed."""
+  wd = tmp_path / "run"
+  proc = _start_main(wd)
+  time.sleep(1.0)  # the guard is in place within ~0.1 s; JAX's import takes longer
+  _assert_one_line_exit(*_interrupt_when(proc, None))
+  assert not wd.exists()
+
+
+def test_ctrl_c_while_compiling_exits_at_once_and_writes_no_checkpoint(tmp_path):
+  """Issue 29: SIGINT while the step compiles (the run used to compile, train to the end
+  and exit 0). No checkpoint is written: nothing was trained."""
+  wd = tmp_path / "run"
+  proc = _start_main(wd, "--config.num_epochs=50")
+  _assert_one_line_exit(*_interrupt_when(proc, "Compiling the training step"))
+  assert not (wd / "checkpoints").exists() or not os.listdir(wd / "checkpoints")
+
+
+def test_ctrl_c_while_resuming_exits_at_once_and_leaves_the_run(tmp_path):
+  """Issue 29: SIGINT while a run resumes; its checkpoints and scores are left as they were."""
+  wd = tmp_path / "run"
+  first = _start_main(wd, "--config.num_epochs=1")
+  assert first.wait(timeout=300) == 0, first.stderr.read()[-3000:]
+  first.stderr.close()
+  before = snapshot(wd / "checkpoints")
+  proc = _start_main(wd, "--config.num_epochs=50")
+  _assert_one_line_exit(*_interrupt_when(proc, "Resumed from step"))
+  assert snapshot(wd / "checkpoints") == before
+
+
 def test_smoke_run_on_real_archive_then_sample(cifar_archive, tmp_path):
   """The README's first command (shortened to one epoch), then the sample CLI."""
   wd = tmp_path / "smoke"

@@ -220,6 +220,117 @@ def test_a_worker_whose_trial_was_failed_as_stale_goes_on(tmp_path, monkeypatch,
   assert attempts[0] == attempts[1]  # the queued copy went on in the same workdir
 
 
+def test_a_trial_taken_over_after_its_last_report_does_not_crash_the_worker(
+  tmp_path, monkeypatch, caplog
+):
+  """STUB training (no JAX). The failure of issue 29: another worker fails this worker's
+  trial after its last report, while it finishes. The objective returns a value; Optuna's
+  tell refuses it ('Cannot tell a FAIL trial', which Optuna 5 turns into an AssertionError).
+  The worker logs one line and goes on; the queued copy completes."""
+  from cgan_jax.run import train
+
+  c = smoke_config(num_trials=2)
+  attempts = []
+
+  def stub_train(config, workdir, callbacks):
+    attempts.append(workdir)
+    fid = 100.0 + len(attempts)
+    record = dict(step=4, epoch=1, generators=[{"fid": fid}, {"fid": fid}], num_samples=10)
+    record.update(weights="stub", eval_s=0.0)
+    for callback in callbacks:
+      callback(record)
+    return train.RunResult(None, [record], None)
+
+  def take_over():
+    storage = study_lib.open_storage(str(tmp_path), "", c.search)
+    other = optuna.load_study(study_name=c.search.study_name, storage=storage)
+    (mine,) = other.get_trials(states=(TrialState.RUNNING,))
+    other._storage.set_trial_state_values(mine._trial_id, TrialState.FAIL)
+    study_lib.requeue(other, other.trials[mine.number], c.search.max_retry)
+
+  class Shutil:  # the objective's last act: removing the finished trial's checkpoints
+    @staticmethod
+    def rmtree(path, ignore_errors=False):
+      if len(attempts) == 1 and path.endswith("best"):
+        take_over()  # after every write of the objective, before Optuna's tell
+      shutil.rmtree(path, ignore_errors=ignore_errors)
+
+  monkeypatch.setattr(train, "train_and_evaluate", stub_train)
+  monkeypatch.setattr(study_lib, "shutil", Shutil)
+  with caplog.at_level("WARNING"):
+    counts = study_lib.run_worker(c, str(tmp_path), "", 0, f"{SEARCH_CONFIG}:smoke,k2", [])
+  assert "Another worker failed this worker's trial as stale" in caplog.text
+  assert counts["complete"] == 2 and counts["fail"] == 1, counts
+  assert attempts[0] == attempts[1]
+  assert not os.listdir(tmp_path / "heartbeats")  # every beat stopped once its trial was told
+
+
+def test_a_live_worker_on_this_host_is_never_failed_as_stale(tmp_path, monkeypatch):
+  """A RUNNING trial whose heartbeat is far past grace_s but whose worker process on this
+  host is alive stays RUNNING; one whose process is gone, one whose pid now belongs to
+  another process, and one from another host silent for grace_s are failed and re-queued."""
+  c = smoke_config(num_trials=4, grace_s=1, heartbeat_s=1)
+  storage = study_lib.open_storage(str(tmp_path), "", c.search)
+  study = optuna.create_study(study_name=c.search.study_name, storage=storage)
+  dead = subprocess.Popen([sys.executable, "-c", "pass"])
+  dead.wait()
+  me = study_lib.worker_attrs()
+  cases = {
+    "alive": me,
+    "gone": {**me, "pid": dead.pid, "pid_start": "1"},
+    "pid_reused": {**me, "pid_start": "-1"},  # this pid, but another process's start time
+    "other_host": {**me, "host": me["host"] + "-elsewhere"},
+  }
+  numbers = {}
+  for name, attrs in cases.items():
+    trial = study.ask()
+    for key, value in attrs.items():
+      trial.set_user_attr(key, value)
+    numbers[name] = trial.number
+    # a heartbeat file last touched a minute ago: far past grace_s
+    path = study_lib.heartbeat_path(str(tmp_path), trial.number)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    pathlib.Path(path).write_text("old")
+    os.utime(path, (time.time() - 60, time.time() - 60))
+  study_lib.fail_stale_trials(study, str(tmp_path), c.search, journal=True)
+  states = {name: study.trials[n].state for name, n in numbers.items()}
+  assert states == {
+    "alive": TrialState.RUNNING,
+    "gone": TrialState.FAIL,
+    "pid_reused": TrialState.FAIL,
+    "other_host": TrialState.FAIL,
+  }, states
+  waiting = study.get_trials(states=(TrialState.WAITING,))
+  assert sorted(t.user_attrs["retry_of"] for t in waiting) == sorted(
+    numbers[n] for n in ("gone", "pid_reused", "other_host")
+  )
+
+
+def test_the_heartbeat_keeps_beating_while_the_main_thread_compiles(tmp_path):
+  """The heartbeat thread is not starved by a compile in the main thread (XLA releases the
+  GIL): the file's mtime moves on while a large jitted function compiles."""
+  import jax
+  import jax.numpy as jnp
+
+  beat = study_lib.Heartbeat(str(tmp_path), 0.2)
+  beat.start(7)
+  first = os.path.getmtime(beat.path)
+
+  def big(x):
+    for i in range(400):
+      x = jnp.sin(x * (i + 1)) @ x
+    return x
+
+  t0 = time.time()
+  jax.jit(big).lower(jnp.ones((64, 64))).compile()
+  took = time.time() - t0
+  last = os.path.getmtime(beat.path)
+  beat.stop()
+  assert not os.path.exists(study_lib.heartbeat_path(str(tmp_path), 7))
+  if took > 1.0:  # a compile long enough to tell
+    assert last - first > 0.5 * took - 0.5, (first, last, took)
+
+
 def test_a_trial_started_one_too_many_drops_out_before_training(tmp_path, monkeypatch, caplog):
   """STUB training (no JAX). Two workers pass the 'fewer than num_trials' check at the same
   moment: right after this worker's check, 'another worker' starts the study's last
@@ -449,6 +560,38 @@ def test_two_workers_then_kill_9_mid_trial_and_rerun_finish_the_study(tmp_path):
   ]
   assert len({t.user_attrs["workdir"] for t in done}) == len(done)
   assert len({t.user_attrs["pid"] for t in study.trials if "pid" in t.user_attrs}) >= 2
+
+
+@needs_fid_weights
+def test_two_workers_on_a_saturated_cpu_finish_the_smoke_study(tmp_path):
+  """Issue 29: with the 2 cores saturated by busy loops, 2 workers complete the smoke study
+  with exactly num_trials complete trials and exit 0 (a live worker's trial used to be
+  failed as stale, and that worker then crashed). A short grace_s makes a late heartbeat
+  likely; only a worker's death may fail its trial."""
+  n = 3
+  busy = [
+    subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(os.cpu_count() or 2)
+  ]
+  try:
+    r = search_cli(
+      tmp_path,
+      "--workers=2",
+      f"--config.search.num_trials={n}",
+      "--config.search.heartbeat_s=1",
+      "--config.search.grace_s=2",
+    )
+  finally:
+    for p in busy:
+      p.kill()
+      p.wait()
+  assert r.returncode == 0, _problems(r)
+  states = [t.state for t in load_study(tmp_path).trials]
+  assert states.count(TrialState.COMPLETE) == n, states
+  assert TrialState.FAIL not in states or all(
+    study_lib.SURPLUS in t.user_attrs
+    for t in load_study(tmp_path).trials
+    if t.state == TrialState.FAIL
+  ), states
 
 
 # --------------------------------------------------------------------------- PostgreSQL

@@ -26,6 +26,7 @@ from cgan_jax.errors import ConfigError, check_writable
 from cgan_jax.quality import evaluator as evaluator_lib
 from cgan_jax.run import builder, checkpointing, generate, input_pipeline, writers
 from cgan_jax.run import scores as scores_lib
+from cgan_jax.run import stop as stop_lib
 
 # Fields that fix the shapes of the state or the meaning of a step: a workdir trained with
 # one value cannot be resumed with another. A field missing from an older saved config
@@ -101,18 +102,30 @@ def check_workdir(workdir: str, config) -> None:
 
 
 def write_config(workdir: str, config) -> None:
-  with open(os.path.join(workdir, "config.json"), "w") as f:
+  """Writes config.json atomically (a process ended mid-write leaves the old file)."""
+  path = os.path.join(workdir, "config.json")
+  with open(path + ".tmp", "w") as f:
     f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+  os.replace(path + ".tmp", path)
 
 
 class _StopSignal:
-  """Turns SIGTERM/SIGINT into a flag the loop checks between steps."""
+  """Turns SIGTERM/SIGINT into a flag the loop checks between steps.
+
+  Under the training CLI (`stop.install`), a signal before `arm()` (called once the first
+  step has finished) ends the process at once with one line: there is nothing to save,
+  and waiting would mean waiting for the compile. Elsewhere (notebooks, search workers)
+  ordinary handlers set the flag from the start.
+  """
 
   def __init__(self):
     self.received = None
     self._old = {}
+    self._delivery = None
 
   def __enter__(self):
+    if stop_lib.installed():
+      return self
     for sig in (signal.SIGTERM, signal.SIGINT):
       try:
         self._old[sig] = signal.signal(sig, self._handle)
@@ -120,11 +133,22 @@ class _StopSignal:
         pass
     return self
 
+  def arm(self) -> None:
+    """From now on a signal stops the run with a checkpoint (it has trained a step)."""
+    if stop_lib.installed() and self._delivery is None:
+      self._delivery = stop_lib.deliver_to(self._record)
+      self._delivery.__enter__()
+
+  def _record(self, name: str) -> None:
+    self.received = name
+
   def _handle(self, signum, frame):
     del frame
     self.received = signal.Signals(signum).name
 
   def __exit__(self, *exc):
+    if self._delivery is not None:
+      self._delivery.__exit__(*exc)
     for sig, old in self._old.items():
       signal.signal(sig, old)
 
@@ -286,13 +310,13 @@ def train_and_evaluate(
     save_best(best_manager, evaluator, scores, step, state)
     return any([bool(cb(record)) for cb in callbacks]) and not last
 
-  try:
-    if pending_eval:
-      logging.info("Evaluating step %d, which the previous process did not finish.", step)
-      if evaluate():
-        stopped = "callback"
+  with _StopSignal() as stop:  # also over the final checkpoint write (see `_StopSignal`)
+    try:
+      if pending_eval:
+        logging.info("Evaluating step %d, which the previous process did not finish.", step)
+        if evaluate():
+          stopped = "callback"
 
-    with _StopSignal() as stop:
       while step < total_steps and stopped is None:
         epoch, start = divmod(step, spe)
         batches = input_pipeline.EpochBatches(
@@ -312,6 +336,7 @@ def train_and_evaluate(
           history.append(metrics)
           if step == first_step + 1:
             jax.block_until_ready(metrics)  # compiled and run: the progress clock starts here
+            stop.arm()  # from now on a signal stops the run with a checkpoint
           if step % config.train.log_every_steps == 0:
             _check_finite(history, step, last_good, workdir)  # waits for the step (device_get)
             _log(writer, history, step)
@@ -331,12 +356,12 @@ def train_and_evaluate(
           logging.info("A callback asked to stop after step %d: saving a checkpoint.", step)
           if last_good != step:
             save_checkpoint()
-  finally:  # also on an error or interrupt: a checkpoint being written is finished
-    manager.wait_until_finished()
-    manager.close()
-    if best_manager is not None:
-      best_manager.wait_until_finished()
-      best_manager.close()
+    finally:  # also on an error or interrupt: a checkpoint being written is finished
+      manager.wait_until_finished()
+      manager.close()
+      if best_manager is not None:
+        best_manager.wait_until_finished()
+        best_manager.close()
   writer.close()
   records = scores_lib.read(workdir)
   _summary(workdir, first_step, step, total_steps, time.perf_counter() - t_start, records, stopped)

@@ -11,13 +11,14 @@ A trial that stops without finishing (its worker was killed, the machine went do
 not stay RUNNING forever. Each running trial proves it is alive every
 `config.search.heartbeat_s` seconds: through Optuna's heartbeat on an RDB, through the
 mtime of `DIR/heartbeats/<trial>` on the journal store (JournalStorage has no heartbeat).
-One silent for `grace_s`, or whose worker process on this host is gone, is failed by the
-next worker that looks (every worker looks before each trial and at start) and re-queued
-with the same graph and the same workdir, so it resumes from its last checkpoint, at most
-`max_retry` times. Finished trials are COMPLETE or PRUNED; failed ones do not count, so
-the study ends with exactly `num_trials` finished trials and none lost or repeated. A
-trial that two workers started one too many at the same moment fails at once, before
-training, marked 'surplus' (`is_surplus`).
+A trial whose worker process on this host is alive is never failed, however late its
+heartbeat (a saturated CPU, a long compile); one whose process is gone, or (on another
+host) silent for `grace_s`, is failed by the next worker that looks (every worker looks
+before each trial and at start) and re-queued with the same graph and the same workdir, so
+it resumes from its last checkpoint, at most `max_retry` times. Finished trials are
+COMPLETE or PRUNED; failed ones do not count, so the study ends with exactly `num_trials`
+finished trials and none lost or repeated. A trial that two workers started one too many
+at the same moment fails at once, before training, marked 'surplus' (`is_surplus`).
 
 Within a worker, trials of the same structure (only gates differ) reuse one compiled step
 (`run.builder`); new processes load it from the persistent compilation cache.
@@ -153,42 +154,88 @@ def heartbeat_path(study_dir: str, number: int) -> str:
   return os.path.join(study_dir, "heartbeats", str(number))
 
 
-@contextlib.contextmanager
-def file_heartbeat(study_dir: str, number: int, interval: float):
-  """Touches `heartbeats/<number>` every `interval` seconds while the trial runs."""
-  path = heartbeat_path(study_dir, number)
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  stop = threading.Event()
+class Heartbeat:
+  """Touches `heartbeats/<number>` every `interval` seconds from a thread, from the moment
+  the objective starts a trial until the worker has told Optuna its end (`stop`).
 
-  def beat():
-    while True:
-      with open(path, "w") as f:
-        f.write(str(time.time()))
-      if stop.wait(interval):
-        return
+  It beat only around training before, and stopped (removing its file) before Optuna's
+  final tell: in that window another worker saw a RUNNING trial without a file, took its
+  start time as its last sign of life, failed it as stale, and the finishing worker then
+  crashed in Optuna's tell (issue 29). The thread does little but sleep and write a few
+  bytes: it holds the GIL for microseconds a beat.
+  """
 
-  thread = threading.Thread(target=beat, daemon=True)
-  thread.start()
+  def __init__(self, study_dir: str, interval: float):
+    self.study_dir, self.interval = study_dir, interval
+    self._stop = threading.Event()
+    self._thread = None
+    self.path = None
+
+  def start(self, number: int) -> None:
+    self.stop()
+    self.path = heartbeat_path(self.study_dir, number)
+    os.makedirs(os.path.dirname(self.path), exist_ok=True)
+    self._stop = threading.Event()
+    self._beat()  # at once, before the thread is scheduled
+    self._thread = threading.Thread(target=self._run, daemon=True, name="heartbeat")
+    self._thread.start()
+
+  def _beat(self) -> None:
+    with contextlib.suppress(OSError), open(self.path, "w") as f:
+      f.write(str(time.time()))
+
+  def _run(self) -> None:
+    while not self._stop.wait(self.interval):
+      self._beat()
+
+  def stop(self) -> None:
+    """Stops beating and removes the file (the trial is told, or was never started)."""
+    if self._thread is not None:
+      self._stop.set()
+      self._thread.join()
+      self._thread = None
+    if self.path is not None:
+      with contextlib.suppress(FileNotFoundError):
+        os.remove(self.path)
+      self.path = None
+
+
+def process_start_time(pid: int) -> str | None:
+  """The start time of process `pid` (Linux: /proc/<pid>/stat field 22, in clock ticks),
+  which tells a live worker from a new process that got a dead worker's pid; None where
+  there is no /proc."""
   try:
-    yield
-  finally:
-    stop.set()
-    thread.join()
-    with contextlib.suppress(FileNotFoundError):
-      os.remove(path)
+    with open(f"/proc/{pid}/stat") as f:
+      return f.read().rsplit(")", 1)[1].split()[19]
+  except (OSError, IndexError):
+    return None
 
 
-def _process_gone(trial: optuna.trial.FrozenTrial) -> bool:
-  """True when the trial's worker ran on this host and that process no longer exists."""
-  if trial.user_attrs.get("host") != socket.gethostname() or "pid" not in trial.user_attrs:
-    return False
+def worker_attrs() -> dict:
+  """What marks a trial as run by this process: host, pid and the pid's start time."""
+  attrs = {"host": socket.gethostname(), "pid": os.getpid()}
+  started = process_start_time(os.getpid())
+  if started is not None:
+    attrs["pid_start"] = started
+  return attrs
+
+
+def worker_liveness(trial: optuna.trial.FrozenTrial) -> str:
+  """'alive' or 'gone' when the trial's worker ran on this host (its pid, and the pid's
+  start time where known, tell), 'unknown' when it ran elsewhere (its heartbeat tells)."""
+  attrs = trial.user_attrs
+  if attrs.get("host") != socket.gethostname() or "pid" not in attrs:
+    return "unknown"
+  pid = int(attrs["pid"])
   try:
-    os.kill(int(trial.user_attrs["pid"]), 0)
+    os.kill(pid, 0)
   except ProcessLookupError:
-    return True
+    return "gone"
   except PermissionError:
-    return False
-  return False
+    return "alive"
+  if "pid_start" in attrs and process_start_time(pid) not in (None, attrs["pid_start"]):
+    return "gone"  # the pid now belongs to another process
+  return "alive"
 
 
 def fail_stale_trials(study: optuna.Study, study_dir: str, search, journal: bool) -> None:
@@ -203,16 +250,21 @@ def fail_stale_trials(study: optuna.Study, study_dir: str, search, journal: bool
       last = os.path.getmtime(path)
     except FileNotFoundError:
       last = trial.datetime_start.timestamp() if trial.datetime_start else now
-    if now - last <= search.grace_s and not _process_gone(trial):
+    liveness = worker_liveness(trial)
+    # A worker on this host whose process is alive is alive, however late its heartbeat
+    # (a saturated CPU, a long compile); one whose process is gone is dead at once.
+    if liveness == "alive" or (liveness == "unknown" and now - last <= search.grace_s):
       continue
     try:
       study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
     except Exception:  # noqa: BLE001 - another worker failed it first
       continue
     logging.warning(
-      "Trial %d was RUNNING but its worker is gone (no heartbeat for %.0f s): failed.",
+      "Trial %d was RUNNING but its worker is gone (%s): failed.",
       trial.number,
-      now - last,
+      "its process on this host has ended"
+      if liveness == "gone"
+      else f"no heartbeat for {now - last:.0f} s",
     )
     requeue(study, study.trials[trial.number], search.max_retry)
 
@@ -342,8 +394,6 @@ def make_objective(config, study_dir: str, journal: bool, config_spec: str, over
       study_dir, "trials", str(trial.number)
     )
     trial.set_user_attr("workdir", os.path.abspath(workdir))
-    trial.set_user_attr("host", socket.gethostname())
-    trial.set_user_attr("pid", os.getpid())
     logging.info(
       "Trial %d: gates_d=%s gates_transfer=%s in %s", trial.number, gates_d, gates_transfer, workdir
     )
@@ -353,18 +403,12 @@ def make_objective(config, study_dir: str, journal: bool, config_spec: str, over
       trial.report(value, record["epoch"])
       return trial.should_prune()
 
-    beat = (
-      file_heartbeat(study_dir, trial.number, s.heartbeat_s)
-      if journal
-      else contextlib.nullcontext()
-    )
     start = time.time()
-    with beat:
-      try:
-        result = train.train_and_evaluate(space.trial_config(config, params), workdir, [report])
-      except train.TrainingDiverged as e:
-        trial.set_user_attr("diverged", str(e))
-        raise optuna.TrialPruned(f"diverged: {e}") from None
+    try:
+      result = train.train_and_evaluate(space.trial_config(config, params), workdir, [report])
+    except train.TrainingDiverged as e:
+      trial.set_user_attr("diverged", str(e))
+      raise optuna.TrialPruned(f"diverged: {e}") from None
     wall = time.time() - start
     mine = [r for r in result.scores if _timestamp(r) >= start - 1.0]  # this attempt's
     eval_s = sum(float(r.get("eval_s", 0.0)) for r in mine)
@@ -393,6 +437,13 @@ def make_objective(config, study_dir: str, journal: bool, config_spec: str, over
     # Where the trial got to, for `run_worker` to tell a trial another worker took over
     # ("taken": Optuna refused a write; "done": it may refuse the final tell) from a bug.
     objective.trial_id, objective.reached = trial._trial_id, "running"
+    # Alive from the first moment: this process's identity (a live pid on this host is
+    # never failed as stale), and on the journal store a heartbeat that `run_worker` stops
+    # only once Optuna has told the trial's end.
+    for key, value in worker_attrs().items():
+      trial.set_user_attr(key, value)
+    if objective.heartbeat is not None:
+      objective.heartbeat.start(trial.number)
     if is_surplus(trial.study, trial.number, s.num_trials):
       objective.reached = SURPLUS
       trial.set_user_attr(
@@ -416,6 +467,7 @@ def make_objective(config, study_dir: str, journal: bool, config_spec: str, over
     return value
 
   objective.trial_id, objective.reached = None, None
+  objective.heartbeat = Heartbeat(study_dir, s.heartbeat_s) if journal else None
   return objective
 
 
@@ -458,10 +510,13 @@ def run_worker(
     objective.trial_id, objective.reached = None, None
     try:
       study.optimize(objective, n_trials=1, gc_after_trial=False, catch=(SurplusTrial,))
-    except (optuna.exceptions.UpdateFinishedTrialError, ValueError):
-      # Another worker found this worker's trial silent for grace_s (a loaded machine, a
-      # long pause), failed it and queued it again; that copy carries on from its workdir.
-      # Optuna then refuses our report (UpdateFinishedTrialError) or our tell (ValueError).
+    except Exception:
+      # Another worker failed this worker's trial as stale and queued it again (a trial on
+      # another host whose heartbeat was late by grace_s); that copy carries on from its
+      # workdir. Optuna then refuses our report (UpdateFinishedTrialError) or our final
+      # tell: a ValueError ('Cannot tell a FAIL trial'), which Optuna 5's post-processing
+      # turns into an AssertionError ('Should not reach') when the objective had returned
+      # a value. None of these may end the worker; any other error still does.
       if objective.reached not in ("taken", "done") or not _taken_over(study, objective.trial_id):
         raise
       logging.warning(
@@ -470,6 +525,9 @@ def run_worker(
         s.grace_s,
       )
       continue
+    finally:
+      if objective.heartbeat is not None:
+        objective.heartbeat.stop()  # the trial is told (or taken): no more beats
     if objective.reached == SURPLUS:  # logged by the objective
       continue
     done_here += 1
