@@ -92,6 +92,62 @@ def validate_config(config) -> None:
       raise ConfigError(f"config.optim.{name}={b!r} must be in [0, 1)")
   _validate_graph(config)
   _validate_eval(config)
+  _validate_population(config)
+
+
+# How a population's members are mapped in its step (`run.population`).
+MEMBER_MAPS = ("auto", "vmap", "unroll")
+
+
+def population_field(config, name: str, default):
+  """config.population.<name>, or `default` in configs older than the field."""
+  pop = config.get("population")
+  return default if pop is None else pop.get(name, default)
+
+
+def population_seeds(config) -> list[int]:
+  """config.population.seeds ('0,1,2') as [0, 1, 2]; [] when there is no population.
+
+  Raises:
+    ConfigError: not comma-separated integers >= 0, or a seed twice.
+  """
+  field, text = "config.population.seeds", population_field(config, "seeds", "")
+  if isinstance(text, int) and not isinstance(text, bool):
+    text = str(text)
+  if isinstance(text, list | tuple):
+    text = ",".join(str(x) for x in text)
+  if not isinstance(text, str):
+    raise ConfigError(f"{field}={text!r} must be comma-separated integers, e.g. 0,1,2")
+  try:
+    seeds = [int(p) for p in text.split(",") if p.strip()]
+  except ValueError:
+    raise ConfigError(f"{field}={text!r} must be comma-separated integers, e.g. 0,1,2") from None
+  if any(s < 0 for s in seeds):
+    raise ConfigError(f"{field}={text!r}: seeds must be integers >= 0")
+  if len(set(seeds)) != len(seeds):
+    raise ConfigError(f"{field}={text!r} names a seed twice; each member needs its own seed")
+  return seeds
+
+
+def population_member_map(config) -> str:
+  """'vmap' or 'unroll' for config.population.member_map ('auto': unroll on CPU, where the
+  members' independent operations run side by side, else vmap: one kernel for all)."""
+  value = population_field(config, "member_map", "auto")
+  if value not in MEMBER_MAPS:
+    raise choice_error("config.population.member_map", value, MEMBER_MAPS)
+  if value == "auto":
+    return "unroll" if jax.default_backend() == "cpu" else "vmap"
+  return value
+
+
+def _validate_population(config) -> None:
+  population_seeds(config)
+  population_member_map(config)
+  limit = population_field(config, "memory_limit_gb", 0.0)
+  if isinstance(limit, bool) or not isinstance(limit, int | float) or limit < 0:
+    raise ConfigError(
+      f"config.population.memory_limit_gb={limit!r} must be a number >= 0 (0: the device's)"
+    )
 
 
 # 'auto' and '' try the full weights (cache, then download), then the FID-only weights.

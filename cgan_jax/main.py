@@ -25,8 +25,9 @@ import jax  # noqa: E402
 from absl import flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from cgan_jax import cli  # noqa: E402
-from cgan_jax.run import train  # noqa: E402
+from cgan_jax import cli, configlib  # noqa: E402
+from cgan_jax.errors import check_writable  # noqa: E402
+from cgan_jax.run import population, train  # noqa: E402
 
 FLAGS = flags.FLAGS
 
@@ -106,10 +107,22 @@ def main(argv):
     "Process %d of %d; JAX devices: %s", jax.process_index(), jax.process_count(), jax.devices()
   )
   try:
-    train.train_and_evaluate(config, FLAGS.workdir)
+    if configlib.population_seeds(config):
+      _train_population(config, FLAGS.workdir)
+    else:
+      train.train_and_evaluate(config, FLAGS.workdir)
   except train.TrainingDiverged as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)
+
+
+def _train_population(config, workdir: str) -> None:
+  """--config.population.seeds=0,1,2: the seeds as one population, in DIR/seed<s>."""
+  configs = population.member_configs(config)
+  workdirs = population.member_workdirs(workdir, configs)
+  population.check_members(configs)
+  check_writable(workdir, "--workdir")
+  population.train_population(configs, workdirs, root=workdir)
 
 
 if __name__ == "__main__":

@@ -99,6 +99,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.checkpoint.every_epochs = 1
   c.checkpoint.keep = 3
 
+  # Several runs in one compiled step (cgan_jax/run/population.py): seeds '0,1,2' trains
+  # those three seeds together into DIR/seed0, DIR/seed1, DIR/seed2. member_map: 'vmap',
+  # 'unroll' or 'auto' (unroll on CPU, vmap elsewhere). memory_limit_gb: 0 = the device's.
+  c.population = ml_collections.ConfigDict()
+  c.population.seeds = ""
+  c.population.member_map = "auto"
+  c.population.memory_limit_gb = 0.0
+
   for variant in [v.strip() for v in (arg or "").split(",") if v.strip()]:
     if variant not in VARIANTS:
       raise choice_error("config variant", variant, VARIANTS)

@@ -219,8 +219,24 @@ def _with_grads(forward, grads):
   return fn
 
 
-@jax.custom_batching.custom_vmap
-def _conv_transpose_2x_grads(x: jax.Array, kernel: jax.Array, dy: jax.Array):
+# How `jax.vmap` (over the k generators, and over a population's members) maps the
+# transposed convolutions' custom gradients: 'unroll' (one convolution per mapped index:
+# faster on CPU, measured for the k generators), 'batched' (vmap's own rule: one grouped
+# convolution for all, what a GPU wants when a population multiplies the count), or 'auto'
+# (unroll on CPU, batched elsewhere). Read while tracing.
+CONV_GRADS_VMAPS = ("auto", "unroll", "batched")
+conv_grads_vmap = "auto"
+
+
+def _unroll_conv_grads() -> bool:
+  if conv_grads_vmap not in CONV_GRADS_VMAPS:
+    raise ValueError(f"conv_grads_vmap={conv_grads_vmap!r} must be one of {CONV_GRADS_VMAPS}")
+  if conv_grads_vmap == "auto":
+    return jax.default_backend() == "cpu"
+  return conv_grads_vmap == "unroll"
+
+
+def _conv_transpose_2x_grads_impl(x: jax.Array, kernel: jax.Array, dy: jax.Array):
   """(dx, dkernel) of conv_transpose_2x(x, kernel) for the output cotangent dy.
 
   The transposed convolution is the adjoint of the stride-2 convolution with the adjoint
@@ -234,8 +250,14 @@ def _conv_transpose_2x_grads(x: jax.Array, kernel: jax.Array, dy: jax.Array):
   return dx.astype(x.dtype), _adjoint_kernel(dw_adj).astype(kernel.dtype)
 
 
+_conv_transpose_2x_grads = jax.custom_batching.custom_vmap(_conv_transpose_2x_grads_impl)
+
+
 @_conv_transpose_2x_grads.def_vmap
 def _conv_transpose_2x_grads_vmap(axis_size, in_batched, x, kernel, dy):
+  if not _unroll_conv_grads():
+    in_axes = tuple(0 if batched else None for batched in in_batched)
+    return jax.vmap(_conv_transpose_2x_grads_impl, in_axes=in_axes)(x, kernel, dy), (True, True)
   # Unrolled over the mapped axis (the k generators): vmap's own rule makes the
   # per-generator kernels one grouped convolution, 1.2-1.7x slower on CPU (measured).
   args = [

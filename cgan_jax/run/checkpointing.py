@@ -101,6 +101,11 @@ def restore_latest(manager: ocp.CheckpointManager, target, workdir: str):
   return None
 
 
+def restore_at(manager: ocp.CheckpointManager, step: int, target):
+  """The checkpoint at `step` (which must exist), restored into `target`'s structure."""
+  return manager.restore(step, args=ocp.args.StandardRestore(target))
+
+
 def _move_aside(manager: ocp.CheckpointManager, workdir: str, step: int) -> str:
   src = os.path.join(str(manager.directory), str(step))
   dst_root = os.path.join(workdir, CORRUPT_DIR)

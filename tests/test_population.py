@@ -1,0 +1,234 @@
+"""Populations (cgan_jax/run/population.py): P members in one compiled step are their solo
+runs; seeds from the CLI; resume; memory; config errors."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from cgan_jax import configlib
+from cgan_jax.core import models
+from cgan_jax.errors import ConfigError
+from cgan_jax.run import builder, checkpointing, generate, population, train
+
+from .conftest import ROOT, tiny_config
+
+GATES_3 = [
+  # (gates_d, gates_transfer, alpha, g_lr) for k = 2: three different graphs
+  ("through,through", "-,through;through,-", 1000.0, 2e-4),
+  ("positive_linear,through", "-,negative_linear;cutoff,-", 500.0, 3e-4),
+  ("through,negative_linear", "-,positive_linear;through,-", 2000.0, 1e-4),
+]
+
+
+def _members(variants, seeds, graphs=None, **overrides):
+  configs = []
+  for m, seed in enumerate(seeds):
+    c = tiny_config(variants, num_epochs=1, **overrides)
+    c.seed = seed
+    if graphs is not None:
+      c.graph.gates_d, c.graph.gates_transfer, c.graph.alpha, c.optim.g_lr = graphs[m]
+    configlib.validate_config(c)
+    configs.append(c)
+  return configs
+
+
+def _assert_states_close(a, b, what):
+  fa, fb = jax.tree_util.tree_leaves_with_path(a), jax.tree_util.tree_leaves_with_path(b)
+  assert [p for p, _ in fa] == [p for p, _ in fb]
+  for (path, x), (_, y) in zip(fa, fb, strict=True):
+    x, y = np.asarray(x), np.asarray(y)
+    if x.dtype.kind in "ui":
+      np.testing.assert_array_equal(x, y, err_msg=f"{what} {jax.tree_util.keystr(path)}")
+    else:
+      np.testing.assert_allclose(
+        x, y, rtol=2e-4, atol=2e-5, err_msg=f"{what} {jax.tree_util.keystr(path)}"
+      )
+
+
+CASES = {
+  # SN discriminator, 'paper' D updates, image transfer, three different graphs.
+  "sn_paper_image_unroll": ("proposed", dict(population__member_map="unroll"), True),
+  # The accelerators' form on the CPU: vmap over members, batched custom conv gradients.
+  "sn_paper_image_vmap": ("proposed", dict(population__member_map="vmap"), True),
+  # BatchNorm discriminator (DCGAN, k = 1), 'joint' D update.
+  "bn_joint_vmap": ("dcgan", dict(train__d_update="joint", population__member_map="vmap"), False),
+  # A feature transfer (layers near the output, 32 px).
+  "feature_paper_vmap": (
+    "proposed",
+    dict(graph__transfer="feature_output_side", data__image_size=32, population__member_map="vmap"),
+    True,
+  ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_members_equal_their_solo_runs(case, tmp_path, monkeypatch):
+  """P = 3 members with different seeds (and gates, alpha, learning rates where k = 2),
+  one epoch: every leaf of every member's state, and its samples, equal its solo run's to
+  float tolerance; the population step compiled once."""
+  variants, overrides, with_graphs = CASES[case]
+  if overrides.get("population__member_map") == "vmap":
+    monkeypatch.setattr(models, "conv_grads_vmap", "batched")
+    builder.clear_programs()
+    population.clear_programs()
+  configs = _members(variants, [0, 1, 2], GATES_3 if with_graphs else None, **overrides)
+  pop_dirs = [str(tmp_path / f"pop{m}") for m in range(3)]
+  results = population.train_population(configs, pop_dirs)
+  (program,) = [p for p in population._PROGRAMS.values() if p.size == 3][-1:]
+  assert program.traces == {"step": 1}
+  z = generate.latents(jax.random.PRNGKey(5), 8, configs[0].model.z_dim)
+  for m, c in enumerate(configs):
+    solo = train.train_and_evaluate(c, str(tmp_path / f"solo{m}"))
+    assert int(results[m].state.step) == int(solo.state.step) == 4
+    _assert_states_close(results[m].state, solo.state, f"member {m}")
+    gen = builder.build(c).generate
+    a = np.asarray(gen(results[m].state.g_params, results[m].state.g_batch_stats, z), np.int32)
+    b = np.asarray(gen(solo.state.g_params, solo.state.g_batch_stats, z), np.int32)
+    assert np.abs(a - b).max() <= 1, case  # uint8 samples: at most one rounding step
+  # The members really differ (their seeds and graphs are not ignored).
+  leaf = lambda r: np.asarray(jax.tree.leaves(r.state.g_params)[0])  # noqa: E731
+  assert not np.allclose(leaf(results[0]), leaf(results[1]))
+
+
+def test_seeds_from_the_cli_leave_normal_workdirs_and_resume_bit_for_bit(tmp_path):
+  """--config.population.seeds=0,1 leaves DIR/seed0 and DIR/seed1, each a run workdir that
+  `sample` reads; a population stopped after epoch 1 and resumed equals the uninterrupted
+  one bit for bit."""
+  args = [
+    "--config=configs/cifar64.py",
+    "--config.data.source=synthetic",
+    "--config.data.num_train=32",
+    "--config.data.image_size=16",
+    "--config.model.g_width=4",
+    "--config.model.d_width=4",
+    "--config.model.z_dim=8",
+    "--config.train.batch_size=8",
+    "--config.eval.num_grid=4",
+    "--config.eval.enabled=False",
+    "--config.population.seeds=0,1",
+  ]
+
+  def main(workdir, epochs):
+    return subprocess.run(
+      [
+        sys.executable,
+        "-m",
+        "cgan_jax.main",
+        *args,
+        f"--config.num_epochs={epochs}",
+        f"--workdir={workdir}",
+      ],
+      cwd=ROOT,
+      capture_output=True,
+      text=True,
+      timeout=600,
+    )
+
+  whole, pieces = tmp_path / "whole", tmp_path / "pieces"
+  r = main(whole, 2)
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert json.loads((whole / "population.json").read_text())["members"] == ["seed0", "seed1"]
+  r = main(pieces, 1)
+  assert r.returncode == 0, r.stderr[-3000:]
+  r = main(pieces, 2)
+  assert r.returncode == 0 and "Resumed the population from step 4" in r.stderr, r.stderr[-3000:]
+  for seed in (0, 1):
+    wd_a, wd_b = whole / f"seed{seed}", pieces / f"seed{seed}"
+    assert json.loads((wd_a / "config.json").read_text())["seed"] == seed
+    assert sorted(os.listdir(wd_a / "checkpoints")) == ["4", "8"]
+    cfg_a, cfg_b = configlib.load_config("configs/cifar64.py"), None
+    del cfg_a, cfg_b
+    from cgan_jax.run import restore
+
+    (state_a, _), (state_b, _) = (
+      restore.restore_run(str(wd_a), "latest")[:2],
+      restore.restore_run(str(wd_b), "latest")[:2],
+    )
+    for x, y in zip(jax.tree.leaves(state_a), jax.tree.leaves(state_b), strict=True):
+      np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  out = tmp_path / "s.npz"
+  r = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "cgan_jax.sample",
+      f"--workdir={whole / 'seed1'}",
+      "--num=4",
+      f"--out={out}",
+    ],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert np.load(out)["images"].shape == (2, 4, 16, 16, 3)
+
+
+def test_members_of_different_structures_are_one_config_error():
+  configs = _members("proposed", [0, 1])
+  configs[1].model.g_width = 8
+  with pytest.raises(ConfigError, match=r"config\.model\.g_width: population member 1 has 8"):
+    population.check_members(configs)
+  configs = _members("proposed", [0, 1])
+  configs[1].num_epochs = 3
+  with pytest.raises(ConfigError, match=r"config\.num_epochs"):
+    population.check_members(configs)
+
+
+@pytest.mark.parametrize(
+  "value, message",
+  [
+    ("0,x", "must be comma-separated integers"),
+    ("1,1", "names a seed twice"),
+    ("-1", "must be integers >= 0"),
+  ],
+)
+def test_bad_seeds_are_one_line_errors(value, message):
+  c = tiny_config("proposed")
+  c.population.seeds = value
+  with pytest.raises(ConfigError, match=message):
+    configlib.validate_config(c)
+
+
+def test_a_population_that_does_not_fit_fails_up_front(tmp_path):
+  """XLA's memory analysis of the compiled step against the device's memory (here a limit
+  of 1 MiB set in the config): one error naming what fits; nothing is written."""
+  configs = _members("proposed", [0, 1, 2], population__memory_limit_gb=1 / 1024)
+  dirs = [str(tmp_path / f"m{m}") for m in range(3)]
+  with pytest.raises(ConfigError, match=r"3 members need about .* GiB .* at most \d+ member"):
+    population.train_population(configs, dirs)
+  assert not any(os.path.exists(d) for d in dirs)
+
+
+def test_the_memory_estimate_grows_with_the_population():
+  c = _members("proposed", [0])[0]
+  estimates = []
+  for size in (1, 4):
+    program = population.build(c, size)
+    _, est = population.compile_step(program, c, 32)
+    estimates.append(est)
+  assert estimates[1].state_bytes == 4 * estimates[0].state_bytes
+  assert estimates[1].total_bytes > 2 * estimates[0].total_bytes
+  assert estimates[0].members_that_fit(1) >= 1
+
+
+def test_restore_at_a_common_step(tmp_path):
+  """Members saved at different steps (a crash between two members' saves) resume from
+  the newest step all of them have."""
+  configs = _members("proposed", [0, 1])
+  dirs = [str(tmp_path / f"m{m}") for m in range(2)]
+  population.train_population(configs, dirs)  # step 4 in both
+  c = configs[1].copy_and_resolve_references()
+  c.num_epochs = 2
+  train.train_and_evaluate(c, dirs[1])  # member 1 alone on to step 8
+  assert sorted(checkpointing.make_manager(dirs[1], 3).all_steps()) == [4, 8]
+  for cfg in configs:
+    cfg.num_epochs = 2
+  results = population.train_population(configs, dirs)
+  assert [int(r.state.step) for r in results] == [8, 8]
