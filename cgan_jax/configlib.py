@@ -96,7 +96,7 @@ def validate_config(config) -> None:
 
 
 # How a population's members are mapped in its step (`run.population`).
-MEMBER_MAPS = ("auto", "vmap", "unroll")
+MEMBER_MAPS = ("auto", "vmap", "unroll", "sequential")
 
 
 def population_field(config, name: str, default):
@@ -130,13 +130,24 @@ def population_seeds(config) -> list[int]:
 
 
 def population_member_map(config) -> str:
-  """'vmap' or 'unroll' for config.population.member_map ('auto': unroll on CPU, where the
-  members' independent operations run side by side, else vmap: one kernel for all)."""
+  """How a population's step maps its members (config.population.member_map):
+
+  vmap        `jax.vmap` over the stacked members: one kernel per operation for all
+  unroll      a Python loop over the stacked members inside one jitted step
+  sequential  the solo step, once per member (states kept apart): P times one member's
+              cost, never more
+  auto        vmap on an accelerator with config.model.conv_impl='matmul' (the only
+              form measured faster than sequential there: 1.39x member-steps/s at P = 32
+              on an H200), else sequential (on 2 CPU cores vmap and unroll cost 2.1-2.4x
+              P = 1 at P = 2, and on the H200 the 'phase' convolutions under vmap
+              become grouped convolutions, 0.5-0.8x; benchmarks/README.md)
+  """
   value = population_field(config, "member_map", "auto")
   if value not in MEMBER_MAPS:
     raise choice_error("config.population.member_map", value, MEMBER_MAPS)
   if value == "auto":
-    return "unroll" if jax.default_backend() == "cpu" else "vmap"
+    fast = jax.default_backend() != "cpu" and conv_impl(config) == "matmul"
+    return "vmap" if fast else "sequential"
   return value
 
 

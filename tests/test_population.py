@@ -51,6 +51,8 @@ def _assert_states_close(a, b, what):
 
 
 CASES = {
+  # The CPU's default: the solo step once per member.
+  "sn_paper_image_sequential": ("proposed", dict(population__member_map="sequential"), True),
   # SN discriminator, 'paper' D updates, image transfer, three different graphs.
   "sn_paper_image_unroll": ("proposed", dict(population__member_map="unroll"), True),
   # The accelerators' form on the CPU: vmap over members, batched custom conv gradients.
@@ -206,16 +208,25 @@ def test_a_population_that_does_not_fit_fails_up_front(tmp_path):
   assert not any(os.path.exists(d) for d in dirs)
 
 
-def test_the_memory_estimate_grows_with_the_population():
-  c = _members("proposed", [0])[0]
+@pytest.mark.parametrize("member_map", ["sequential", "vmap"])
+def test_the_memory_estimate_grows_with_the_population(member_map):
+  """States grow with P; a stacked step's activations too, a sequential one's do not (one
+  member at a time)."""
+  c = _members("proposed", [0], population__member_map=member_map)[0]
   estimates = []
   for size in (1, 4):
     program = population.build(c, size)
     _, est = population.compile_step(program, c, 32)
     estimates.append(est)
-  assert estimates[1].state_bytes == 4 * estimates[0].state_bytes
-  assert estimates[1].total_bytes > 2 * estimates[0].total_bytes
-  assert estimates[0].members_that_fit(1) >= 1
+  one, four = estimates
+  assert four.state_bytes == 4 * one.state_bytes
+  assert four.flops == pytest.approx(4 * one.flops, rel=0.05)
+  if member_map == "sequential":
+    assert four.temp_bytes == one.temp_bytes
+  else:
+    assert four.temp_bytes > 2 * one.temp_bytes
+  assert four.total_bytes > one.total_bytes + 3 * one.state_bytes
+  assert one.members_that_fit(1) >= 1
 
 
 def test_restore_at_a_common_step(tmp_path):

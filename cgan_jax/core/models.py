@@ -34,7 +34,7 @@ import jax.numpy as jnp
 SUPPORTED_IMAGE_SIZES = (16, 32, 64, 128)
 D_NORMS = ("spectral", "batch")
 SPECTRAL = "spectral"  # collection of the spectral-norm power-iteration state
-CONV_IMPLS = ("phase", "xla")
+CONV_IMPLS = ("phase", "xla", "matmul")
 # Parameter initialisation schemes (`config.model.init`), see `initializers`.
 INITS = ("dcgan", "lecun", "torch")
 
@@ -192,6 +192,8 @@ def conv_transpose_2x(x: jax.Array, kernel: jax.Array, impl: str = "phase") -> j
   """
   if impl == "xla":
     return _lax_conv_nhwc(jax.lax.conv_transpose, x, kernel, padding=2)
+  if impl == "matmul":
+    return _phase_col2im(x, kernel).astype(jnp.result_type(x, kernel))
   if impl != "phase":
     raise ValueError(f"impl={impl!r} must be one of {CONV_IMPLS}")
   return _conv_transpose_2x_phase(x, kernel)
@@ -345,9 +347,37 @@ def conv_4x4_s2(x: jax.Array, kernel: jax.Array, impl: str = "phase") -> jax.Arr
     raise ValueError(f"conv_4x4_s2 needs an even height and width, got {x.shape}")
   if impl == "xla":
     return _conv_4x4_s2_xla(x, kernel)
+  if impl == "matmul":
+    return _conv_4x4_s2_matmul(x, kernel)
   if impl != "phase":
     raise ValueError(f"impl={impl!r} must be one of {CONV_IMPLS}")
   return _conv_4x4_s2_phase(x, kernel)
+
+
+def _conv_4x4_s2_matmul(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  """conv_4x4_s2 as ONE matmul over explicit patches (im2col), differentiated by autodiff.
+
+  Padded by 1, the input's space-to-depth s[i, j, (p, q, c)] = xp[2i + p, 2j + q, c] turns
+  the 4x4 stride-2 convolution into a 2x2 stride-1 one: out[i, j] = sum_{u, v in {0, 1}}
+  s[i + u, j + v] @ kernel[2u + p, 2v + q], i.e. the 4 shifted copies of s side by side
+  times the kernel as a [16 cin, cout] matrix. Its gradients are matmuls and slices too.
+  Under `jax.vmap` with per-member kernels (a population) every product is one batched
+  matmul, where XLA's convolutions become grouped convolutions (slow on a GPU, measured).
+  Costs 4x the input in patches.
+  """
+  *lead, hh, ww, cin = x.shape
+  h, w = hh // 2, ww // 2
+  cout = kernel.shape[-1]
+  n = len(lead)
+  xp = jnp.pad(x, [(0, 0)] * n + [(1, 1), (1, 1), (0, 0)])
+  s = xp.reshape(*lead, h + 1, 2, w + 1, 2, cin)
+  s = jnp.moveaxis(s, n + 1, n + 2).reshape(*lead, h + 1, w + 1, 4 * cin)  # [.., i, j, (p, q, c)]
+  patches = jnp.concatenate(
+    [s[..., u : u + h, v : v + w, :] for u in range(2) for v in range(2)], axis=-1
+  )  # [..., h, w, (u, v, p, q, c)]
+  # kernel[2u + p, 2v + q, c, o] -> [(u, v, p, q, c), o]
+  k = kernel.reshape(2, 2, 2, 2, cin, cout).transpose(0, 2, 1, 3, 4, 5).reshape(16 * cin, cout)
+  return _matmul_2d(patches, k).astype(jnp.result_type(x, kernel))
 
 
 class Conv4x4s2(_Conv4x4):

@@ -1,4 +1,4 @@
-"""Populations: P runs of one structure advanced together by ONE compiled step.
+"""Populations: P runs of one structure advanced together by one compiled step.
 
 A small DCGAN step is a chain of small kernels; on a GPU it waits on latency, not on
 arithmetic (0.4% of an H200 at batch 256, benchmarks/README.md). P runs whose configs
@@ -22,11 +22,13 @@ What a member is:
     run workdir: checkpoints, scores.jsonl, sample grids, config.json, TensorBoard files
     that `sample`, `evaluate`, `analyze` and a solo resume accept.
 
-How the members are mapped (`config.population.member_map`): 'vmap' (`jax.vmap` over the
-member axis: one kernel per operation for all members, what accelerators want) or
-'unroll' (a Python loop inside the one jitted step: the members' operations are
-independent thunks that XLA:CPU runs side by side); 'auto' unrolls on CPU, vmaps
-elsewhere. Same numbers either way up to float rounding.
+How the members are mapped (`config.population.member_map`, `configlib.population_member_map`):
+'vmap' (`jax.vmap` over the stacked member axis: one kernel per operation for all members),
+'unroll' (a Python loop over the stacked members inside the one jitted step) or
+'sequential' (the solo step once per member, its states kept apart: P times one member's
+cost, never more). 'auto' takes vmap where it was measured faster (an accelerator, with
+config.model.conv_impl='matmul', whose convolutions are batched matmuls under vmap), else
+sequential. Same numbers every way up to float rounding.
 
 Before anything is trained the step is compiled ahead of time for the population's shapes
 and XLA's memory analysis says what it needs; if that exceeds the device's memory the run
@@ -165,13 +167,13 @@ class PopulationProgram:
   Attributes:
     solo: the members' `builder.Program` (modules, mesh, sampling, init).
     size: P.
-    member_map: 'vmap' or 'unroll'.
+    member_map: 'vmap', 'unroll' (one jitted step for all members, states stacked
+      [P, ...]) or 'sequential' (the solo step once per member, states a list).
     shared_images: whether all members train on one image array ([N, h, w, 3]) or each
-      on its own ([P, N, h, w, 3]: synthetic data, which depends on the seed).
-    state_shardings, images_sharding, index_sharding, hparams_sharding: where the step's
-      inputs live: the member axis unsharded, the batch axis of the index over 'data'.
-    step: jitted step(states, images, index [P, b], hparams) -> (states, metrics), the
-      states donated; metrics have a leading P axis.
+      on its own (synthetic data, which depends on the seed).
+    step: jitted step(states, images, index, hparams) -> (states, metrics), the states
+      donated: for the stacked maps over [P, ...] inputs (index [P, b]), metrics with a
+      leading P axis; for 'sequential' the solo step of one member (index [b]).
     traces: how many times `step` was traced.
   """
 
@@ -179,35 +181,90 @@ class PopulationProgram:
   size: int
   member_map: str
   shared_images: bool
-  state_shardings: Any
-  images_sharding: Any
-  index_sharding: Any
-  hparams_sharding: Any
   step: Any
   traces: dict
 
+  @property
+  def stacked(self) -> bool:
+    return self.member_map != "sequential"
+
+  @property
+  def state_shardings(self):
+    if not self.stacked:
+      return self.solo.state_shardings
+    return jax.tree.map(_prepend_member_axis, self.solo.state_shardings)
+
+  @property
+  def index_sharding(self) -> NamedSharding:
+    spec = PartitionSpec(None, parallel.DATA) if self.stacked else PartitionSpec(parallel.DATA)
+    return NamedSharding(self.solo.mesh, spec)
+
+  def put_states(self, member_states):
+    """The members' states (a list) as the step takes them, on the devices."""
+    if not self.stacked:
+      return [jax.device_put(s, self.solo.state_shardings) for s in member_states]
+    return jax.device_put(stack(member_states), self.state_shardings)
+
+  def put_hparams(self, member_hparams):
+    rep = self.solo.replicated
+    if not self.stacked:
+      return [jax.device_put(h, rep) for h in member_hparams]
+    return jax.device_put(stack(member_hparams), rep)
+
+  def put_images(self, images):
+    """One uint8 [N, h, w, 3] array (shared) or one per member."""
+    rep = self.solo.replicated
+    if self.shared_images:
+      return jax.device_put(images[0], rep)
+    if not self.stacked:
+      return [jax.device_put(x, rep) for x in images]
+    return jax.device_put(np.stack(images), rep)
+
+  def put_index(self, local_index: np.ndarray, batch_size: int):
+    """int32 [P, local batch] (this process's slice of every member's batch)."""
+    if not self.stacked:
+      return [
+        jax.make_array_from_process_local_data(self.index_sharding, row, (batch_size,))
+        for row in local_index
+      ]
+    return jax.make_array_from_process_local_data(
+      self.index_sharding, local_index, (self.size, batch_size)
+    )
+
+  def member_state(self, states, m: int):
+    return member(states, m) if self.stacked else states[m]
+
+  def metrics_by_member(self, fetched) -> dict:
+    """Host metrics of one step as {name: [P, ...]} (a list of dicts when sequential)."""
+    if isinstance(fetched, dict):
+      return fetched
+    return {name: np.stack([f[name] for f in fetched]) for name in fetched[0]}
+
   def abstract_inputs(self, config, num_images: int):
-    """ShapeDtypeStructs of the step's inputs (for `check_fits`, before any allocation)."""
+    """ShapeDtypeStructs of `step`'s inputs (for `compile_step`, before any allocation)."""
 
     def sds(tree, shardings):
       return jax.tree.map(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), tree, shardings
       )
 
+    lead = (self.size,) if self.stacked else ()
     one = builder.abstract_state(config)
-    states = jax.tree.map(lambda a: jax.ShapeDtypeStruct((self.size, *a.shape), a.dtype), one)
-    lead = () if self.shared_images else (self.size,)
+    states = jax.tree.map(lambda a: jax.ShapeDtypeStruct((*lead, *a.shape), a.dtype), one)
+    image_lead = () if self.shared_images else lead
     images = jax.ShapeDtypeStruct(
-      (*lead, num_images, 32, 32, 3), jnp.uint8, sharding=self.images_sharding
+      (*image_lead, num_images, 32, 32, 3), jnp.uint8, sharding=self.solo.replicated
     )
     index = jax.ShapeDtypeStruct(
-      (self.size, config.train.batch_size), jnp.int32, sharding=self.index_sharding
+      (*lead, config.train.batch_size), jnp.int32, sharding=self.index_sharding
     )
     hp = jax.tree.map(
-      lambda a: jax.ShapeDtypeStruct((self.size, *np.shape(a)), np.asarray(a).dtype),
+      lambda a: jax.ShapeDtypeStruct(
+        (*lead, *np.shape(a)), np.asarray(a).dtype, sharding=self.solo.replicated
+      ),
       builder.step_hparams(config, 1),
     )
-    return (sds(states, self.state_shardings), images, index, sds(hp, self.hparams_sharding))
+    return (sds(states, self.state_shardings), images, index, hp)
 
 
 _PROGRAMS: dict[tuple, PopulationProgram] = {}
@@ -234,6 +291,8 @@ def build(config, size: int, *, shared_images: bool = True, mesh=None) -> Popula
 
     def population_step(states, images, index, hparams):
       traces["step"] = traces.get("step", 0) + 1  # runs only while tracing
+      if how == "sequential":
+        return one(states, images, index, hparams)
       if how == "vmap":
         return jax.vmap(one, in_axes=(0, image_axis, 0, 0))(states, images, index, hparams)
       outs = [
@@ -242,17 +301,15 @@ def build(config, size: int, *, shared_images: bool = True, mesh=None) -> Popula
       ]
       return stack([o[0] for o in outs]), stack([o[1] for o in outs])
 
-    state_shardings = jax.tree.map(_prepend_member_axis, solo.state_shardings)
+    shardings = solo.state_shardings
+    if how != "sequential":
+      shardings = jax.tree.map(_prepend_member_axis, shardings)
     program = PopulationProgram(
       solo=solo,
       size=size,
       member_map=how,
       shared_images=shared_images,
-      state_shardings=state_shardings,
-      images_sharding=solo.replicated,
-      index_sharding=NamedSharding(solo.mesh, PartitionSpec(None, parallel.DATA)),
-      hparams_sharding=jax.tree.map(lambda _: solo.replicated, builder.step_hparams(config, 1)),
-      step=parallel.shard_step(population_step, state_shardings),
+      step=parallel.shard_step(population_step, shardings),
       traces=traces,
     )
     _PROGRAMS[key] = program
@@ -289,6 +346,8 @@ class MemoryEstimate:
     temp_bytes: activations and other temporaries of one step.
     total_bytes: what the step needs at once.
     limit_bytes: what the device holds (`device_memory_bytes` or the config's limit).
+    device: the device's description.
+    flops: XLA's cost analysis of the step before the backend's passes (all P members).
   """
 
   state_bytes: int
@@ -297,6 +356,7 @@ class MemoryEstimate:
   total_bytes: int
   limit_bytes: int
   device: str
+  flops: float = float("nan")
 
   def members_that_fit(self, size: int) -> int:
     per_member = (self.state_bytes + self.temp_bytes) / size
@@ -304,14 +364,44 @@ class MemoryEstimate:
     return max(int(room // per_member), 0)
 
 
+def _nbytes(tree) -> int:
+  return sum(int(np.prod(a.shape)) * a.dtype.itemsize for a in jax.tree.leaves(tree))
+
+
 def compile_step(program: PopulationProgram, config, num_images: int):
-  """The step compiled ahead of time for the population's shapes, and its memory needs."""
+  """The population step compiled ahead of time, and its memory needs.
+
+  Returns:
+    (run, estimate): run(states, images, index, hparams) -> (states, metrics) advances
+    every member by one step (metrics: {name: [P, ...]} for the stacked maps, a list of
+    per-member dicts for 'sequential'); estimate: a `MemoryEstimate`.
+  """
   args = program.abstract_inputs(config, num_images)
-  compiled = program.step.lower(*args).compile()
+  lowered = program.step.lower(*args)
+  cost = lowered.cost_analysis()  # of the HLO before XLA's backend passes
+  cost = cost[0] if isinstance(cost, list | tuple) else cost
+  compiled = lowered.compile()
   analysis = compiled.memory_analysis()
-  state_bytes = sum(int(np.prod(a.shape)) * a.dtype.itemsize for a in jax.tree.leaves(args[0]))
-  total_args = sum(int(np.prod(a.shape)) * a.dtype.itemsize for a in jax.tree.leaves(args))
+  state_bytes, total_args = _nbytes(args[0]), _nbytes(args)
   temp = int(getattr(analysis, "temp_size_in_bytes", 0) or 0) if analysis is not None else 0
+  flops = float(cost.get("flops", float("nan"))) if cost else float("nan")
+  run = compiled
+  if not program.stacked:  # one member's step, run P times; P states held at once
+    size = program.size
+    per_member = _nbytes(args[0]) + _nbytes(args[2:])  # state, index, hparams
+    if not program.shared_images:
+      per_member += _nbytes(args[1])
+    total_args += (size - 1) * per_member
+    state_bytes *= size
+    flops *= size
+
+    def run(states, images, index, hparams):
+      outs = [
+        compiled(states[m], images if program.shared_images else images[m], index[m], hparams[m])
+        for m in range(size)
+      ]
+      return [o[0] for o in outs], [o[1] for o in outs]
+
   gb = float(configlib.population_field(config, "memory_limit_gb", 0.0) or 0.0)
   limit, device = device_memory_bytes(program.solo.mesh.devices.flat[0])
   if gb > 0:
@@ -323,8 +413,9 @@ def compile_step(program: PopulationProgram, config, num_images: int):
     total_bytes=total_args + temp,
     limit_bytes=limit,
     device=device,
+    flops=flops,
   )
-  return compiled, estimate
+  return run, estimate
 
 
 def check_fits(estimate: MemoryEstimate, size: int) -> None:
@@ -360,10 +451,10 @@ class _Member:
   last_good: int | None = None
 
 
-def _check_finite(history, step: int, members) -> None:
+def _check_finite(program, history, step: int, members) -> None:
   if not history:
     return
-  fetched = jax.device_get(history)
+  fetched = [program.metrics_by_member(h) for h in jax.device_get(history)]
   for i, metrics in enumerate(fetched):
     for m, mem in enumerate(members):
       bad = [n for n in ("d_loss", "g_loss") if not np.all(np.isfinite(metrics[n][m]))]
@@ -379,10 +470,10 @@ def _check_finite(history, step: int, members) -> None:
         )
 
 
-def _log(history, step: int, members) -> None:
+def _log(program, history, step: int, members) -> None:
   if not history:
     return
-  fetched = jax.device_get(history)
+  fetched = [program.metrics_by_member(h) for h in jax.device_get(history)]
   mean = {name: np.mean([h[name] for h in fetched], axis=0) for name in fetched[0]}
   for m, mem in enumerate(members):
     mem.writer.write_scalars(step, train._flatten_metrics({n: v[m] for n, v in mean.items()}))
@@ -518,15 +609,10 @@ def train_population(configs, workdirs, callbacks=(), root=None) -> list[train.R
         for mem, s in zip(members, init_states, strict=True)
       ]
     logging.info("Resumed the population from step %d.", step)
-  states = jax.device_put(stack(init_states), program.state_shardings)
+  states = program.put_states(init_states)
   del init_states
-
-  images_dev = jax.device_put(
-    member_images[0] if shared else np.stack(member_images), program.images_sharding
-  )
-  hparams = jax.device_put(
-    stack([builder.step_hparams(c, spe) for c in configs]), program.hparams_sharding
-  )
+  images_dev = program.put_images(member_images)
+  hparams = program.put_hparams([builder.step_hparams(c, spe) for c in configs])
   for mem in members:
     mem.writer = writers.make_writer(mem.workdir, just_logging=jax.process_index() > 0)
     mem.writer.write_hparams(train._flatten_hparams(mem.config))
@@ -544,18 +630,18 @@ def train_population(configs, workdirs, callbacks=(), root=None) -> list[train.R
 
   def save_checkpoints():
     nonlocal history
-    _check_finite(history, step, members)
-    _log(history, step, members)
+    _check_finite(program, history, step, members)
+    _log(program, history, step, members)
     history = []
     for m, mem in enumerate(members):
-      checkpointing.save(mem.manager, step, member(states, m))
+      checkpointing.save(mem.manager, step, program.member_state(states, m))
       mem.last_good = step
 
   def evaluate() -> bool:
     last = step >= total_steps
     stop_requested = False
     for m, mem in enumerate(members):
-      state = member(states, m)
+      state = program.member_state(states, m)
       train.write_sample_grids(
         mem.writer, mem.workdir, program.solo.generate, state, mem.grid_z, step, config.model.k
       )
@@ -589,7 +675,7 @@ def train_population(configs, workdirs, callbacks=(), root=None) -> list[train.R
         ]
         for t in range(start, spe):
           index = np.stack([o[t * b + offset :][:local] for o in orders]).astype(np.int32)
-          index = jax.make_array_from_process_local_data(program.index_sharding, index, (size, b))
+          index = program.put_index(index, b)
           states, metrics = compiled(states, images_dev, index, hparams)
           step += 1
           history.append(metrics)
@@ -597,8 +683,8 @@ def train_population(configs, workdirs, callbacks=(), root=None) -> list[train.R
             jax.block_until_ready(metrics)
             stop.arm()
           if step % config.train.log_every_steps == 0:
-            _check_finite(history, step, members)
-            _log(history, step, members)
+            _check_finite(program, history, step, members)
+            _log(program, history, step, members)
             history = []
           report(step)
           if stop.received is not None:
@@ -627,7 +713,7 @@ def train_population(configs, workdirs, callbacks=(), root=None) -> list[train.R
     mem.writer.close()
     records = scores_lib.read(mem.workdir)
     train._summary(mem.workdir, first_step, step, total_steps, seconds, records, stopped)
-    results.append(train.RunResult(member(states, m), records, stopped))
+    results.append(train.RunResult(program.member_state(states, m), records, stopped))
   return results
 
 
