@@ -39,7 +39,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # (Flax's default) or 'torch' (PyTorch's defaults). See models.initializers.
   c.model.init = "dcgan"
   # 'phase': G's transposed convolutions in an exact phase-decomposed matmul form, and D's
-  # input gradients through it (fast on CPU and under vmap); 'xla': XLA's own convolutions.
+  # input gradients through it (fast on CPU and under vmap); 'xla': XLA's own convolutions;
+  # 'matmul': every 4x4 layer as matmuls (im2col / col2im), for populations on accelerators.
   # Equal results; see models.conv_transpose_2x and models.conv_4x4_s2.
   c.model.conv_impl = "phase"
 

@@ -3,6 +3,7 @@
 import functools
 import importlib.util
 import math
+import re
 import subprocess
 import sys
 
@@ -151,3 +152,21 @@ def test_search_throughput_benchmark_cli(tmp_path):
   rate = rows["steady rate, one worker"].split(" | ")[1].split()[0]
   assert float(rate) > 0
   assert not any(key.startswith("paper trial") for key in rows)  # --paper_steps=0 skips it
+
+
+def test_population_throughput_benchmark_cli():
+  """benchmarks/population_throughput.py at the smoke size, P = 1 and 2, one round: a table
+  row per P with a positive rate, and the closing speed-up line."""
+  lines = _run_benchmark(
+    "population_throughput.py",
+    "--settings=smoke",
+    "--sizes=1,2",
+    "--steps=1",
+    "--rounds=1",
+    "--warmup=1",
+    "--peak_tflops=1",
+  )
+  rows = [ln.split(" | ") for ln in lines if re.match(r"^\| [12] \|", ln)]
+  assert [r[0] for r in rows] == ["| 1", "| 2"], lines
+  assert all(float(r[2]) > 0 for r in rows)
+  assert re.match(r"speed-up at P=2 against P=1 \(smoke\): [\d.]+x member-steps/s", lines[-1])

@@ -385,6 +385,10 @@ def compile_step(program: PopulationProgram, config, num_images: int):
   state_bytes, total_args = _nbytes(args[0]), _nbytes(args)
   temp = int(getattr(analysis, "temp_size_in_bytes", 0) or 0) if analysis is not None else 0
   flops = float(cost.get("flops", float("nan"))) if cost else float("nan")
+  if not np.isfinite(flops):  # not every backend analyses the unoptimised HLO (the GPU's)
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list | tuple) else cost
+    flops = float(cost.get("flops", float("nan"))) if cost else float("nan")
   run = compiled
   if not program.stacked:  # one member's step, run P times; P states held at once
     size = program.size
