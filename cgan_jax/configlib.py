@@ -72,6 +72,9 @@ def validate_config(config) -> None:
     raise choice_error("config.data.source", config.data.source, DATA_SOURCES)
   _check_int("config.num_epochs", config.num_epochs, 1)
   _check_int("config.train.batch_size", config.train.batch_size, 1)
+  _check_int("config.train.log_every_steps", config.train.log_every_steps, 1)
+  _check_int("config.data.num_train", config.data.num_train, 0)
+  _check_int("config.data.prefetch", config.data.prefetch, 0)
   gen = gen_devices(config)
   _check_int("config.train.gen_devices", gen, 1)
   if k % gen:

@@ -98,6 +98,7 @@ def main(argv):
   if config is None:
     cli.fail("--config is required, e.g. --config=configs/cifar64.py:smoke")
   if FLAGS.print_config:
+    configlib.validate_config(config)  # an invalid config is one error line, exit 2
     print(config)
     return
   if not FLAGS.workdir:

@@ -9,13 +9,15 @@ Protocols (`PROTOCOLS`):
   tiny  the same pipeline on synthetic 16 px data in about a minute (tests).
 
 Each run trains in `DIR/runs/<method>_seed<seed>/` (a normal workdir: checkpoints,
-`scores.jsonl`, `samples/`). The command is resumable: a finished run (its last evaluation
-is in `scores.jsonl`) is skipped, an unfinished one resumes from its newest checkpoint.
-Seed 0 of every method runs before seed 1, so a partial protocol already compares all
-methods. `--export=FOLDER` also copies each finished run's small files (no checkpoints)
-there and writes the report there from them: the repository keeps the measured protocol
-in `docs/reproduce_cpu/` this way. At the end, and with `--report_only` at any time, it
-writes into DIR:
+`scores.jsonl`, `samples/`). A method's seeds train together as one population
+(`cgan_jax/run/population.py`; each member is the same run as its solo twin, and its
+`reproduce_time.json` holds the population's wall time); `--nopopulation` trains them one
+after another, seed 0 of every method before seed 1. The command is resumable: a finished
+run (its last evaluation is in `scores.jsonl`) is skipped, an unfinished one resumes from
+its newest checkpoint. `--export=FOLDER` also copies each finished run's small files (no
+checkpoints) there and writes the report there from them: the repository keeps the
+measured protocol in `docs/reproduce_cpu/` this way. At the end, and with `--report_only`
+at any time, it writes into DIR:
 
   results.md, results.csv   one row per run and generator: final and best FID, with the
                             epochs, samples, reference, weights and wall time; then mean ±
@@ -26,6 +28,7 @@ writes into DIR:
                             method (the same latents for every generator and method)
 """
 
+import contextlib
 import csv
 import dataclasses
 import json
@@ -74,6 +77,12 @@ def define_flags() -> None:
   flags.DEFINE_bool("report_only", False, "Write the table and figures from the runs so far.")
   flags.DEFINE_list("methods", None, "Only these methods (default: all of the protocol's).")
   flags.DEFINE_list("seeds", None, "Only these seeds (default: the protocol's).")
+  flags.DEFINE_bool(
+    "population",
+    True,
+    "Train each method's seeds together as one population (cgan_jax/run/population.py); "
+    "--nopopulation: one run after another, seed 0 of every method first.",
+  )
   flags.DEFINE_string(
     "export",
     None,
@@ -150,8 +159,19 @@ class _WallClock:
     self._write()
 
 
-def run_protocol(protocol: Protocol, out: str) -> None:
-  """Trains every run of `protocol` that is not finished yet (seed-major order)."""
+def run_protocol(protocol: Protocol, out: str, population: bool = True) -> None:
+  """Trains every run of `protocol` that is not finished yet.
+
+  With `population` (the default) a method's unfinished seeds train together as one
+  population (`run.population`, method by method); seeds at different points (one
+  resumed, one fresh) train one after another. Without it, seed-major order: seed 0 of
+  every method before seed 1.
+  """
+  if population:
+    for method in protocol.methods:
+      if not _run_population(protocol, out, method):
+        return
+    return
   from cgan_jax.run import train
 
   runs = [(m, s) for s in protocol.seeds for m in protocol.methods]
@@ -167,6 +187,46 @@ def run_protocol(protocol: Protocol, out: str) -> None:
     if not is_finished(workdir):  # stopped by a signal: leave the rest for the next start
       logging.warning("%s stopped before its end; re-run the command to resume.", workdir)
       return
+
+
+def _latest_step(workdir: str):
+  folder = os.path.join(workdir, "checkpoints")
+  steps = [int(n) for n in os.listdir(folder) if n.isdigit()] if os.path.isdir(folder) else []
+  return max(steps, default=None)
+
+
+def _run_population(protocol: Protocol, out: str, method: str) -> bool:
+  """Trains `method`'s unfinished seeds as one population; False when a signal stopped it."""
+  from cgan_jax.run import population, train
+
+  seeds = [
+    s for s in protocol.seeds if not is_finished(os.path.join(out, "runs", run_name(method, s)))
+  ]
+  if not seeds:
+    logging.info("%s: all seeds finished, skipped.", method)
+    return True
+  workdirs = [os.path.join(out, "runs", run_name(method, s)) for s in seeds]
+  groups: dict = {}
+  for seed, workdir in zip(seeds, workdirs, strict=True):
+    groups.setdefault(_latest_step(workdir), []).append((seed, workdir))
+  for step, members in groups.items():
+    where = "from step 0" if step is None else f"from step {step}"
+    logging.info(
+      "%s: seeds %s as one population (%s).", method, ",".join(str(s) for s, _ in members), where
+    )
+    configs = [run_config(protocol, method, s) for s, _ in members]
+    dirs = [w for _, w in members]
+    with contextlib.ExitStack() as stack:
+      for w in dirs:
+        stack.enter_context(_WallClock(w))
+      if len(members) == 1:
+        train.train_and_evaluate(configs[0], dirs[0])
+      else:
+        population.train_population(configs, dirs)
+    if not all(is_finished(w) for w in dirs):
+      logging.warning("%s stopped before its end; re-run the command to resume.", method)
+      return False
+  return True
 
 
 # ---------------------------------------------------------------------------------------
@@ -409,7 +469,7 @@ def main(argv):
     cli.fail("--out is required, e.g. --out=workdirs/reproduce_cpu")
   protocol = select(PROTOCOLS[FLAGS.protocol], FLAGS.methods, FLAGS.seeds)
   if not FLAGS.report_only:
-    run_protocol(protocol, FLAGS.out)
+    run_protocol(protocol, FLAGS.out, population=FLAGS.population)
   text = report(protocol, FLAGS.out)
   print(text)
   print(f"Wrote results.md, results.csv, fid_curves.png and samples.png to {FLAGS.out}")

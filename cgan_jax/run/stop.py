@@ -16,8 +16,11 @@ is doing:
       finishes its step, saves a checkpoint and exits 0. A second signal while it does so
       exits at once.
 
-Without `install()` (a notebook, the search's workers, tests) nothing changes: the loop
-installs ordinary `signal.signal` handlers.
+Without `install()` (a notebook, tests) the loop installs ordinary `signal.signal`
+handlers. The search's workers call `record_signals()` instead: a signal at any moment
+(setting a trial up, between trials) is recorded in `pending`, the training loop starts
+from it (and trains nothing if it is already set), and the worker checkpoints its trial,
+queues it again and exits 0.
 """
 
 import os
@@ -31,6 +34,21 @@ SIGNALS = (signal.SIGINT, signal.SIGTERM)
 _lock = threading.Lock()
 _handler: Callable[[str], None] | None = None
 _watcher: threading.Thread | None = None
+
+
+pending: str | None = None  # a signal recorded by `record_signals`' handlers
+
+
+def record_signals() -> None:
+  """Python handlers that record SIGINT/SIGTERM in `pending` (main thread only)."""
+
+  def handler(signum, frame):
+    del frame
+    global pending
+    pending = signal.Signals(signum).name
+
+  for sig in SIGNALS:
+    signal.signal(sig, handler)
 
 
 def installed() -> bool:

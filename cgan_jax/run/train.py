@@ -119,7 +119,7 @@ class _StopSignal:
   """
 
   def __init__(self):
-    self.received = None
+    self.received = stop_lib.pending  # a signal that came before the loop (search workers)
     self._old = {}
     self._delivery = None
 
@@ -144,7 +144,7 @@ class _StopSignal:
 
   def _handle(self, signum, frame):
     del frame
-    self.received = signal.Signals(signum).name
+    self.received = stop_lib.pending = signal.Signals(signum).name
 
   def __exit__(self, *exc):
     if self._delivery is not None:
@@ -220,6 +220,8 @@ def train_and_evaluate(
   os.makedirs(workdir, exist_ok=True)
   write_config(workdir, config)
   manager = checkpointing.make_manager(workdir, config.checkpoint.keep)
+  for sub in (checkpointing.LATEST_DIR, checkpointing.BEST_DIR):  # a write cut off earlier
+    checkpointing.remove_temporary(os.path.join(workdir, sub))
   restored = checkpointing.restore_latest(manager, state, workdir)
 
   def eval_due(at: int) -> bool:  # at the end of an epoch
@@ -297,7 +299,13 @@ def train_and_evaluate(
       return False
     num = config.eval.final_num_samples if last else config.eval.num_samples
     t_eval = time.perf_counter()
-    scores = evaluator.evaluate(program.generate, state, jax.random.fold_in(eval_key, 1), num)
+    scores = evaluator.evaluate(
+      program.generate,
+      state,
+      jax.random.fold_in(eval_key, 1),
+      num,
+      should_stop=lambda: stop.received is not None,
+    )
     log_scores(writer, evaluator, scores, step, num)
     record = evaluator.record(scores, step=step, epoch=step // spe, num_samples=num)
     record.update(
@@ -312,10 +320,17 @@ def train_and_evaluate(
 
   with _StopSignal() as stop:  # also over the final checkpoint write (see `_StopSignal`)
     try:
-      if pending_eval:
+      if stop.received is not None:  # before anything was trained: nothing to save
+        stopped = stop.received
+        logging.warning("Received %s before training started: stopping.", stopped)
+      elif pending_eval:
         logging.info("Evaluating step %d, which the previous process did not finish.", step)
-        if evaluate():
-          stopped = "callback"
+        try:
+          if evaluate():
+            stopped = "callback"
+        except evaluator_lib.EvaluationInterrupted:
+          stopped = stop.received
+          _log_interrupted_evaluation(stopped, step)
 
       while step < total_steps and stopped is None:
         epoch, start = divmod(step, spe)
@@ -351,21 +366,37 @@ def train_and_evaluate(
           break
         if step // spe % config.checkpoint.every_epochs == 0 or step >= total_steps:
           save_checkpoint()  # before evaluating: a run killed while evaluating keeps its training
-        if eval_due(step) and evaluate():
+        if not eval_due(step):
+          continue
+        try:
+          wants_stop = evaluate()
+        except evaluator_lib.EvaluationInterrupted:
+          stopped = stop.received
+          _log_interrupted_evaluation(stopped, step)
+          if last_good != step:
+            save_checkpoint()
+          break
+        if wants_stop:
           stopped = "callback"
           logging.info("A callback asked to stop after step %d: saving a checkpoint.", step)
           if last_good != step:
             save_checkpoint()
     finally:  # also on an error or interrupt: a checkpoint being written is finished
-      manager.wait_until_finished()
-      manager.close()
-      if best_manager is not None:
-        best_manager.wait_until_finished()
-        best_manager.close()
+      checkpointing.close(manager)
+      checkpointing.close(best_manager)
   writer.close()
   records = scores_lib.read(workdir)
   _summary(workdir, first_step, step, total_steps, time.perf_counter() - t_start, records, stopped)
   return RunResult(state, records, stopped)
+
+
+def _log_interrupted_evaluation(signal_name, step: int) -> None:
+  logging.warning(
+    "Received %s while evaluating step %d: stopping now. Its checkpoint is saved; the next "
+    "start evaluates it first.",
+    signal_name,
+    step,
+  )
 
 
 def _summary(workdir, first, step, total, seconds, records, stopped) -> None:

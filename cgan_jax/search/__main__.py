@@ -14,6 +14,7 @@ best.md, graph_best.png and figure7.png into DIR (or --out).
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 
@@ -79,8 +80,22 @@ def gpu_count() -> int:
   )
 
 
+def _die_with_parent() -> None:
+  """In each worker before it starts (Linux): SIGTERM when the parent process dies, so
+  that killing `search --workers=N` (even with SIGKILL) leaves no worker behind."""
+  try:
+    import ctypes
+
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+  except (OSError, AttributeError):
+    pass
+
+
 def spawn_workers(n: int, argv: list[str]) -> int:
-  """Starts n copies of this command as single workers; returns the worst exit code."""
+  """Starts n copies of this command as single workers; returns the worst exit code.
+
+  SIGTERM and SIGINT are forwarded to every worker, which finishes its step, checkpoints
+  its trial, queues it again and exits 0; the parent waits for all of them."""
   gpus = gpu_count()
   visible = [v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
   base, skip = [], False
@@ -98,19 +113,34 @@ def spawn_workers(n: int, argv: list[str]) -> int:
       env["CUDA_VISIBLE_DEVICES"] = visible[i % gpus] if visible else str(i % gpus)
     env[CHILD_ENV] = "1"
     cmd = [sys.executable, "-m", "cgan_jax.search", *base, "--workers=1", f"--worker_index={i}"]
-    procs.append(subprocess.Popen(cmd, env=env))
+    procs.append(subprocess.Popen(cmd, env=env, preexec_fn=_die_with_parent))
     logging.info(
       "Worker %d: pid %d%s",
       i,
       procs[-1].pid,
       f", GPU {env['CUDA_VISIBLE_DEVICES']}" if gpus > 1 else "",
     )
+  received = []
+
+  def forward(signum, frame):
+    del frame
+    received.append(signal.Signals(signum).name)
+    for p in procs:
+      if p.poll() is None:
+        p.send_signal(signum)
+
+  old = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
   try:
     codes = [p.wait() for p in procs]
-  except KeyboardInterrupt:
-    for p in procs:
-      p.terminate()
-    codes = [p.wait() for p in procs]
+  finally:
+    for sig, handler in old.items():
+      signal.signal(sig, handler)
+  if received:
+    logging.warning(
+      "%s: forwarded to the %d workers, which checkpointed their trials and stopped.",
+      received[0],
+      n,
+    )
   for i, code in enumerate(codes):
     if code:
       logging.error(
@@ -192,13 +222,16 @@ def main(argv):
     if code:
       sys.exit(code)
   else:
+    from cgan_jax.run import stop
+
+    stop.record_signals()  # SIGTERM / Ctrl-C at any moment: checkpoint, re-queue, exit 0
     try:
       study_lib.run_worker(
         config, FLAGS.study_dir, FLAGS.storage, FLAGS.worker_index, config_arg, overrides
       )
     except study_lib.SearchInterrupted as e:
-      print(f"Stopped: {e}; the trial was checkpointed and queued again. Re-run to continue.")
-      sys.exit(143)
+      print(f"Stopped: {e}. Re-run the same command to continue.")
+      return  # a clean stop (preemption, Ctrl-C): exit 0, as a training run does
   if not os.environ.get(CHILD_ENV):
     c = study_lib.counts(study)
     print(

@@ -40,6 +40,7 @@ from absl import logging
 from optuna.trial import TrialState
 
 from cgan_jax.errors import ConfigError
+from cgan_jax.run import stop as stop_lib
 from cgan_jax.run import train
 from cgan_jax.search import space
 
@@ -49,6 +50,7 @@ RDB_SCHEMES = ("postgresql", "mysql", "sqlite")
 
 
 SURPLUS = "surplus"  # the user attr of a trial dropped as surplus (see `is_surplus`)
+INTERRUPTED = "interrupted"  # a signal stopped the worker mid-trial (`SearchInterrupted`)
 
 
 class SearchInterrupted(Exception):
@@ -80,8 +82,10 @@ class _HideSurplusFailures(pylogging.Filter):
 
   def filter(self, record: pylogging.LogRecord) -> bool:
     exc = record.exc_info[1] if record.exc_info else None
-    if isinstance(exc, SurplusTrial):
-      self._pending.number = exc.number
+    if isinstance(exc, SurplusTrial | SearchInterrupted):
+      # A SearchInterrupted's trial number is in its text ('SIGTERM during trial N').
+      number = exc.number if isinstance(exc, SurplusTrial) else record.getMessage().split()[1]
+      self._pending.number = number
       return False
     number = getattr(self._pending, "number", None)
     if number is not None and record.getMessage().startswith(f"Trial {number} failed with value"):
@@ -200,15 +204,21 @@ class Heartbeat:
       self.path = None
 
 
+def _proc_stat(pid: int) -> list[str] | None:
+  """The fields of /proc/<pid>/stat after the command name (field 3 on), or None."""
+  try:
+    with open(f"/proc/{pid}/stat") as f:
+      return f.read().rsplit(")", 1)[1].split()
+  except (OSError, IndexError):
+    return None
+
+
 def process_start_time(pid: int) -> str | None:
   """The start time of process `pid` (Linux: /proc/<pid>/stat field 22, in clock ticks),
   which tells a live worker from a new process that got a dead worker's pid; None where
   there is no /proc."""
-  try:
-    with open(f"/proc/{pid}/stat") as f:
-      return f.read().rsplit(")", 1)[1].split()[19]
-  except (OSError, IndexError):
-    return None
+  fields = _proc_stat(pid)
+  return fields[19] if fields and len(fields) > 19 else None
 
 
 def worker_attrs() -> dict:
@@ -233,6 +243,9 @@ def worker_liveness(trial: optuna.trial.FrozenTrial) -> str:
     return "gone"
   except PermissionError:
     return "alive"
+  fields = _proc_stat(pid)
+  if fields and fields[0] in ("Z", "X"):
+    return "gone"  # a zombie: killed, not yet reaped by its parent (search --workers=N)
   if "pid_start" in attrs and process_start_time(pid) not in (None, attrs["pid_start"]):
     return "gone"  # the pid now belongs to another process
   return "alive"
@@ -423,7 +436,10 @@ def make_objective(config, study_dir: str, journal: bool, config_spec: str, over
       )
     if result.stopped not in (None, "callback"):
       requeue(trial.study, trial.study.trials[trial.number], s.max_retry + 1)
-      raise SearchInterrupted(f"{result.stopped} during trial {trial.number}")
+      objective.interrupted = (
+        f"{result.stopped} during trial {trial.number}, which was checkpointed and queued again"
+      )
+      raise SearchInterrupted(objective.interrupted)
     if not s.keep_checkpoints and result.stopped in (None, "callback"):
       for sub in ("checkpoints", "best"):
         shutil.rmtree(os.path.join(workdir, sub), ignore_errors=True)
@@ -457,6 +473,9 @@ def make_objective(config, study_dir: str, journal: bool, config_spec: str, over
       raise SurplusTrial(trial.number)
     try:
       value = train_trial(trial)
+    except SearchInterrupted:
+      objective.reached = INTERRUPTED
+      raise
     except optuna.TrialPruned:
       objective.reached = "done"
       raise
@@ -466,7 +485,7 @@ def make_objective(config, study_dir: str, journal: bool, config_spec: str, over
     objective.reached = "done"
     return value
 
-  objective.trial_id, objective.reached = None, None
+  objective.trial_id, objective.reached, objective.interrupted = None, None, ""
   objective.heartbeat = Heartbeat(study_dir, s.heartbeat_s) if journal else None
   return objective
 
@@ -499,6 +518,8 @@ def run_worker(
   start, done_here = time.time(), 0
   optuna.logging.set_verbosity(optuna.logging.WARNING)
   while True:
+    if stop_lib.pending is not None:
+      raise SearchInterrupted(f"{stop_lib.pending} between trials")
     fail_stale_trials(study, study_dir, s, journal)
     c = counts(study)
     if c["finished"] >= s.num_trials:
@@ -509,7 +530,9 @@ def run_worker(
       continue
     objective.trial_id, objective.reached = None, None
     try:
-      study.optimize(objective, n_trials=1, gc_after_trial=False, catch=(SurplusTrial,))
+      study.optimize(
+        objective, n_trials=1, gc_after_trial=False, catch=(SurplusTrial, SearchInterrupted)
+      )
     except Exception:
       # Another worker failed this worker's trial as stale and queued it again (a trial on
       # another host whose heartbeat was late by grace_s); that copy carries on from its
@@ -528,6 +551,8 @@ def run_worker(
     finally:
       if objective.heartbeat is not None:
         objective.heartbeat.stop()  # the trial is told (or taken): no more beats
+    if objective.reached == INTERRUPTED:  # checkpointed and queued again by the objective
+      raise SearchInterrupted(objective.interrupted)
     if objective.reached == SURPLUS:  # logged by the objective
       continue
     done_here += 1
