@@ -37,10 +37,13 @@ _watcher: threading.Thread | None = None
 
 
 pending: str | None = None  # a signal recorded by `record_signals`' handlers
+recording = False  # whether `record_signals` was called: only then does `pending` persist
 
 
 def record_signals() -> None:
   """Python handlers that record SIGINT/SIGTERM in `pending` (main thread only)."""
+  global recording
+  recording = True
 
   def handler(signum, frame):
     del frame

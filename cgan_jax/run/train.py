@@ -119,7 +119,9 @@ class _StopSignal:
   """
 
   def __init__(self):
-    self.received = stop_lib.pending  # a signal that came before the loop (search workers)
+    # A signal that came before the loop (search workers). Elsewhere a signal belongs to
+    # the run it stopped: a later run in the same process (a notebook) starts afresh.
+    self.received = stop_lib.pending if stop_lib.recording else None
     self._old = {}
     self._delivery = None
 
@@ -144,7 +146,9 @@ class _StopSignal:
 
   def _handle(self, signum, frame):
     del frame
-    self.received = stop_lib.pending = signal.Signals(signum).name
+    self.received = signal.Signals(signum).name
+    if stop_lib.recording:
+      stop_lib.pending = self.received
 
   def __exit__(self, *exc):
     if self._delivery is not None:
