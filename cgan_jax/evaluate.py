@@ -5,7 +5,9 @@
 
 Prints one row per generator (IS ± std over 10 splits, FID) under a header that names
 the checkpoint, the sample count, the reference split and the Inception weights. The
-reference is the run's own training data at its training resolution.
+reference is the run's own training data at its training resolution, as many images as
+its `config.eval.num_reference` (so the numbers compare with its `scores.jsonl`), or
+`--num_reference=N` (0: all).
 """
 
 import jax
@@ -28,10 +30,30 @@ def define_flags() -> None:
   flags.DEFINE_string("weights", None, "Inception weights; default: the run's eval config.")
   flags.DEFINE_integer("batch_size", None, "Inception batch size; default: the run's.")
   flags.DEFINE_integer("seed", 0, "Seed of the latents.")
+  flags.DEFINE_integer(
+    "num_reference",
+    None,
+    "FID reference: the first N training images (0: all); default: the run's own "
+    "config.eval.num_reference, so that the numbers compare with its scores.jsonl.",
+  )
 
 
-def evaluate_run(workdir, which="best", num_samples=50_000, weights=None, batch_size=None, seed=0):
-  """Returns (header, scores) for checkpoint `which` of the run in `workdir`."""
+def evaluate_run(
+  workdir,
+  which="best",
+  num_samples=50_000,
+  weights=None,
+  batch_size=None,
+  seed=0,
+  num_reference=None,
+):
+  """Returns (header, scores) for checkpoint `which` of the run in `workdir`.
+
+  The FID reference is the run's own (its first `config.eval.num_reference` training images,
+  all when 0) unless `num_reference` says otherwise.
+  """
+  if num_reference is not None and num_reference < 0:
+    raise ConfigError(f"--num_reference={num_reference} must be >= 0 (0: all training images)")
   if num_samples < evaluator.IS_SPLITS:
     raise ConfigError(f"--num_samples={num_samples} must be >= {evaluator.IS_SPLITS}")
   if batch_size is not None and batch_size < 1:
@@ -42,12 +64,13 @@ def evaluate_run(workdir, which="best", num_samples=50_000, weights=None, batch_
   bs = batch_size or config.eval.batch_size
   extractor = evaluator.InceptionExtractor(w, bs)
   images = input_pipeline.load_images(config)
-  reference = evaluator.reference_statistics(
-    images,
-    config.data.image_size,
-    extractor,
-    evaluator.describe_reference(config, len(images)),
-  )
+  if num_reference is None:
+    num_reference = config.eval.get("num_reference", 0)
+  description = evaluator.describe_reference(config, len(images))
+  if num_reference and num_reference < len(images):
+    description += f" (the first {num_reference} of {len(images)})"
+    images = images[:num_reference]
+  reference = evaluator.reference_statistics(images, config.data.image_size, extractor, description)
   scores = evaluator.score_generators(
     generate.make_generate_fn(generator),
     state.g_params,
@@ -72,7 +95,13 @@ def main(argv):
   if len(argv) > 1:
     cli.fail(f"unexpected arguments: {' '.join(argv[1:])}")
   header, scores = evaluate_run(
-    FLAGS.workdir, FLAGS.checkpoint, FLAGS.num_samples, FLAGS.weights, FLAGS.batch_size, FLAGS.seed
+    FLAGS.workdir,
+    FLAGS.checkpoint,
+    FLAGS.num_samples,
+    FLAGS.weights,
+    FLAGS.batch_size,
+    FLAGS.seed,
+    FLAGS.num_reference,
   )
   print(evaluator.format_table(scores, header))
 

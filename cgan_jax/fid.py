@@ -5,9 +5,9 @@
 Each path is a folder of images (png/jpg/jpeg/bmp/webp, searched recursively), an `.npz`
 holding `images` (uint8 [N, H, W, 3], or [k, N, H, W, 3] for one score per generator),
 or an `.npz` of statistics (`mu`, `sigma`, e.g. written by `--save_stats`). The last line
-printed is `FID: <value>`. With per-generator sets, one `FID G<i>: <value>` line per
-generator comes first and the last line is the lowest of them (the paper reports the
-best generator).
+printed is `FID: <value>`. With per-generator sets (on either side), one `FID G<i>: <value>`
+line per generator comes first and the last line is the lowest of them (the paper reports
+the best generator).
 """
 
 import os
@@ -100,22 +100,22 @@ def compute(
     w = weights_lib.load_weights_for_cli(weights)
     print(f"Inception: {w.name}")
     extractor = evaluator.InceptionExtractor(w, batch_size)
-  stats_a = set_statistics(*sets[0], extractor, os.path.basename(path_a.rstrip("/")))
-  (stats_b,) = _one(sets[1], extractor, path_b)
+  names = [os.path.basename(p.rstrip("/")) for p in (path_a, path_b)]
+  sizes = [len(value) if kind == "images" else 1 for kind, value in sets]
+  if min(sizes) > 1:
+    raise ConfigError(
+      f"{path_a!r} and {path_b!r} both hold several generators' images ([k, N, H, W, 3]); "
+      "give one of them as a single set (real images, or statistics)"
+    )
+  stats_a = set_statistics(*sets[0], extractor, names[0])
+  stats_b = set_statistics(*sets[1], extractor, names[1])
   if save_stats:
     mu, sigma = stats_a[0]
     np.savez(save_stats, mu=mu, sigma=sigma)
-  root_b = metrics.covariance_root(stats_b[1])  # once, for every set on the A side
-  return [
-    metrics.frechet_distance(mu, sigma, *stats_b, sigma2_root=root_b) for mu, sigma in stats_a
-  ]
-
-
-def _one(loaded, extractor, path):
-  kind, value = loaded
-  if kind == "images" and len(value) > 1:
-    value = value.reshape(-1, *value.shape[2:])[None]  # all generators pooled as one set
-  return set_statistics(kind, value, extractor, os.path.basename(path.rstrip("/")))
+  # One FID per generator whichever side holds them (FID is symmetric).
+  many, (one,) = (stats_a, stats_b) if len(stats_a) >= len(stats_b) else (stats_b, stats_a)
+  root = metrics.covariance_root(one[1])  # once, for every generator's set
+  return [metrics.frechet_distance(mu, sigma, *one, sigma2_root=root) for mu, sigma in many]
 
 
 def main(argv):

@@ -342,6 +342,7 @@ def test_training_logs_metrics_and_keeps_best_checkpoint(tmp_path, helper_weight
   assert r.returncode == 0, r.stderr[-3000:]
   lines = r.stdout.strip().splitlines()
   assert "checkpoint latest (step 8): 20 samples per generator" in lines[0]
+  assert "(the first 18 of 32)" in lines[0]  # the run's own reference (eval.num_reference)
   assert "IS unavailable" in lines[0]
   assert lines[-2].split()[0] == "G1" and lines[-1].split()[0] == "G2"  # numbered as in the paper
   assert float(lines[-1].split()[-1]) > 0
@@ -403,6 +404,17 @@ def test_fid_cli(tmp_path, helper_weights):
     "--batch_size=20",
   )
   assert r.returncode == 0 and float(r.stdout.split()[-1]) == pytest.approx(fid_g0, rel=1e-4)
+
+  # Issue 29: with the generators' file second, still one FID per generator (it pooled
+  # them into one set before, without saying so).
+  from cgan_jax import fid as fid_cli
+
+  swapped = fid_cli.compute(
+    str(tmp_path / "folder"), str(tmp_path / "k.npz"), "fid_helper", batch_size=20
+  )
+  np.testing.assert_allclose(swapped, [fid_g0, fid_g1], rtol=1e-4, atol=1e-3)
+  with pytest.raises(ConfigError, match="both hold several generators' images"):
+    fid_cli.compute(str(tmp_path / "k.npz"), str(tmp_path / "k.npz"), "fid_helper", 20)
 
   r = run_cli("cgan_jax.fid", str(tmp_path / "a.npz"), str(tmp_path / "missing"))
   assert r.returncode == 2 and r.stderr.startswith("error: ") and "Traceback" not in r.stderr

@@ -386,3 +386,24 @@ def test_offline_tfds_fails_at_once(tmp_path, monkeypatch):
   with pytest.raises(ConfigError, match=r"cannot be reached \(OSError: offline \(test\)\)"):
     input_pipeline.load_tfds(str(tmp_path / "tfds"))
   assert not (tmp_path / "tfds").exists() or not any((tmp_path / "tfds").rglob("*"))
+
+
+def test_a_corrupt_config_json_is_one_line_for_sample(tmp_path):
+  wd = tmp_path / "run"
+  wd.mkdir()
+  (wd / "config.json").write_text('{"method": "proposed", "mod')
+  r = run_cli("cgan_jax.sample", f"--workdir={wd}", "--num=4", f"--out={tmp_path / 's.npz'}")
+  assert r.returncode == 2, r.stderr[-2000:]
+  assert r.stderr.strip().startswith("error: --workdir=") and "is unreadable" in r.stderr
+  assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_print_config_validates(tmp_path):
+  r = run_cli(
+    "cgan_jax.main",
+    "--config=configs/cifar64.py",
+    "--config.train.log_every_steps=0",
+    "--print_config",
+  )
+  assert r.returncode == 2
+  assert r.stderr.strip() == "error: config.train.log_every_steps=0 must be an integer >= 1"

@@ -16,8 +16,11 @@ def load_run_config(workdir: str) -> ml_collections.ConfigDict:
   path = os.path.join(workdir or "", "config.json")
   if not workdir or not os.path.isfile(path):
     raise ConfigError(f"--workdir={workdir!r} holds no training run (no config.json)")
-  with open(path) as f:
-    config = ml_collections.ConfigDict(json.load(f))
+  try:
+    with open(path) as f:
+      config = ml_collections.ConfigDict(json.load(f))
+  except (OSError, ValueError) as e:
+    raise ConfigError(f"--workdir={workdir!r}: {path} is unreadable ({e})") from None
   configlib.validate_config(config)
   return config
 
