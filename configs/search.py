@@ -26,6 +26,9 @@ with `python -m cgan_jax.main`) plus `config.search`:
   eval_every_epochs  how often a trial evaluates (and checkpoints)
   keep_checkpoints   keep a finished trial's checkpoints (a 64 px k=3 state is 162 MB;
                      1,500 of them would fill a disk); they are always kept while it runs
+  population         trials a worker trains together as one population (one compiled step
+                     for all of them, `run/population.py`); 1 = one trial at a time. Pays on
+                     a GPU with conv_impl='matmul' (benchmarks/README.md), not on 2 CPU cores
   heartbeat_s, grace_s   a running trial proves it is alive every heartbeat_s; one silent
                      for grace_s is failed and re-queued (at most max_retry times)
 """
@@ -64,6 +67,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # more than the training itself on a GPU.
   s.eval_every_epochs = 5
   s.keep_checkpoints = False
+  s.population = 1
   s.heartbeat_s = 60
   s.grace_s = 180
   s.max_retry = 3

@@ -1,6 +1,7 @@
 """The knowledge-transfer-graph search: space, workers, killed workers, PostgreSQL, pruning,
 report."""
 
+import json
 import os
 import pathlib
 import re
@@ -757,3 +758,108 @@ def test_two_workers_share_one_study_on_postgresql(tmp_path, postgres):
   assert len({t.user_attrs["pid"] for t in done}) == 2  # both workers trained
   assert all(np.isfinite(t.value) for t in done)
   assert study.user_attrs["space"]["k"] == 2
+
+
+# ---------------------------------------------------------------------------------------
+# Populations in the search (config.search.population, issue 26).
+
+
+@needs_fid_weights
+def test_a_worker_trains_trials_as_populations_and_prunes_members_alone(tmp_path, monkeypatch):
+  """3 trials with population=2: trials 0 and 1 train as one population, each reported to
+  its own trial; trial 0 is pruned after its first evaluation and the other member goes on;
+  trial 2 (the study's last) trains alone."""
+  c = smoke_config(num_trials=3, population=2, num_epochs=2)
+  c.num_epochs = 2
+  space.validate(c)
+  real_reporter = study_lib._reporter
+
+  def prune_trial_0(trial, config):
+    report = real_reporter(trial, config)
+
+    def wrapped(record):
+      report(record)
+      return trial.number == 0
+
+    return wrapped
+
+  monkeypatch.setattr(study_lib, "_reporter", prune_trial_0)
+  counts = study_lib.run_worker(c, str(tmp_path), "", 0, f"{SEARCH_CONFIG}:smoke,k2", [])
+  assert counts["finished"] == 3 and counts["running"] == 0 and counts["fail"] == 0, counts
+  study = load_study(tmp_path)
+  t0, t1, t2 = study.trials[:3]
+  assert t0.user_attrs["population"] == {"size": 2, "trials": "0, 1"}
+  assert t1.user_attrs["population"] == t0.user_attrs["population"]
+  assert t2.user_attrs["population"] == {"size": 1, "trials": "2"}
+  assert t0.state == TrialState.PRUNED and list(t0.intermediate_values) == [1]
+  assert t1.state == TrialState.COMPLETE and list(t1.intermediate_values) == [1, 2]
+  assert t2.state == TrialState.COMPLETE
+  for t, epochs in ((t0, [1]), (t1, [1, 2]), (t2, [1, 2])):
+    records = [
+      json.loads(line)
+      for line in open(os.path.join(t.user_attrs["workdir"], "scores.jsonl")).read().splitlines()
+    ]
+    assert [r["epoch"] for r in records] == epochs, (t.number, records)
+    # Each trial's reports are its own member's evaluations.
+    values = [space.objective_value(r, "fid", 0) for r in records]
+    assert [t.intermediate_values[e] for e in epochs] == pytest.approx(values)
+    size = t.user_attrs["population"]["size"]
+    assert all(r.get("population", {"size": 1})["size"] == size for r in records)
+  assert t1.value == pytest.approx(min(t1.intermediate_values.values()))
+  assert t0.user_attrs["train_s"] > 0 and t0.user_attrs["wall_s"] == t1.user_attrs["wall_s"]
+
+
+@needs_fid_weights
+def test_kill_9_mid_population_resumes_it_from_its_checkpoint(tmp_path):
+  """A worker killed mid-population: re-running the command fails both trials as gone,
+  re-queues them with their workdirs, trains them again as one population from their
+  checkpoint (not from step 0), and the study ends with exactly num_trials trials."""
+  n = 2
+  args = (
+    f"--config.search.num_trials={n}",
+    "--config.search.population=2",
+    "--config.search.num_epochs=3",
+    "--config.num_epochs=3",
+  )
+  proc = search_cli(tmp_path, *args, wait=False)
+  journal = tmp_path / study_lib.JOURNAL
+
+  def both_checkpointed():
+    if not journal.exists():
+      return None
+    try:
+      running = load_study(tmp_path).get_trials(states=(TrialState.RUNNING,))
+    except KeyError:
+      return None
+    dirs = [t.user_attrs.get("workdir") for t in running]
+    if len(running) == 2 and all(
+      d and os.path.isfile(os.path.join(d, "scores.jsonl")) for d in dirs
+    ):
+      return running  # both evaluated epoch 1 (its checkpoint, step 4, is written before)
+    return None
+
+  running = _wait_for(both_checkpointed, 600, "the population's first checkpoint")
+  proc.kill()
+  proc.communicate(timeout=60)
+  r = search_cli(tmp_path, *args)
+  assert r.returncode == 0, _problems(r)
+  # From its checkpoint (step 4, or 8 if it got that far), not from step 0; an evaluation
+  # the kill cut off is made first.
+  assert re.search(r"Resumed the population from step (4|8)\.", r.stdout + r.stderr), _problems(r)
+  study = load_study(tmp_path)
+  states = [t.state for t in study.trials]
+  assert states.count(TrialState.COMPLETE) + states.count(TrialState.PRUNED) == n, states
+  assert TrialState.RUNNING not in states and TrialState.WAITING not in states
+  for victim in running:
+    assert study.trials[victim.number].state == TrialState.FAIL
+    (retry,) = [t for t in study.trials if t.user_attrs.get("retry_of") == victim.number]
+    assert retry.state == TrialState.COMPLETE and retry.params == victim.params
+    assert retry.user_attrs["workdir"] == victim.user_attrs["workdir"]
+    assert retry.user_attrs["population"]["size"] == 2
+    records = [
+      json.loads(line)
+      for line in open(os.path.join(retry.user_attrs["workdir"], "scores.jsonl"))
+      .read()
+      .splitlines()
+    ]
+    assert [r["epoch"] for r in records] == [1, 2, 3]  # epoch 1 from the killed process

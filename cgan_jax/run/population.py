@@ -453,14 +453,23 @@ class _Member:
   eval_key: Any = None
   grid_z: Any = None
   last_good: int | None = None
+  # Why this member stopped before the population: 'callback' (a callback asked, e.g. a
+  # search pruned its trial) or 'diverged' (on_diverge='drop'); None while it trains.
+  stopped: str | None = None
+  stopped_at: int | None = None
+  diverged: str = ""
 
 
-def _check_finite(program, history, step: int, members) -> None:
+def _check_finite(program, history, step: int, members, on_diverge: str = "raise") -> None:
+  """Raises `TrainingDiverged` for the first member with a non-finite loss, or with
+  on_diverge='drop' marks it stopped ('diverged') and lets the others go on."""
   if not history:
     return
   fetched = [program.metrics_by_member(h) for h in jax.device_get(history)]
   for i, metrics in enumerate(fetched):
     for m, mem in enumerate(members):
+      if mem.stopped is not None:
+        continue
       bad = [n for n in ("d_loss", "g_loss") if not np.all(np.isfinite(metrics[n][m]))]
       if bad:
         where = (
@@ -468,10 +477,15 @@ def _check_finite(program, history, step: int, members) -> None:
           if mem.last_good is not None
           else "no checkpoint was written"
         )
-        raise train.TrainingDiverged(
+        message = (
           f"population member {m} ({mem.workdir}): non-finite {', '.join(bad)} at step "
-          f"{step - len(fetched) + i + 1}; stopping all members; {where}"
+          f"{step - len(fetched) + i + 1}; "
         )
+        if on_diverge == "raise":
+          raise train.TrainingDiverged(message + f"stopping all members; {where}")
+        mem.stopped, mem.stopped_at = "diverged", step
+        mem.diverged = message + where
+        logging.warning("%s; the other members go on.", mem.diverged)
 
 
 def _log(program, history, step: int, members) -> None:
@@ -521,15 +535,22 @@ def _restore(members, states_list):
   return out, step
 
 
-def train_population(configs, workdirs, callbacks=(), root=None) -> list[train.RunResult]:
+def train_population(
+  configs, workdirs, callbacks=(), root=None, on_diverge: str = "raise"
+) -> list[train.RunResult]:
   """Trains (or resumes) P runs as one population; member m's run lives in workdirs[m].
 
   Args:
     configs: one config per member (`member_configs`); see `check_members`.
     workdirs: one workdir per member.
-    callbacks: called as callback(m, record) after member m's evaluation; True stops the
-      whole population with a checkpoint.
+    callbacks: called as callback(m, record) after member m's evaluation; True stops
+      member m (a search pruned its trial): from then on it is neither evaluated nor
+      checkpointed, and its result says 'callback'. Its slot still computes (a member
+      axis of fixed size); the population ends early once every member has stopped.
     root: where to write `population.json` (the CLI's --workdir), or None.
+    on_diverge: 'raise' (a member's non-finite loss stops all members with
+      `TrainingDiverged`) or 'drop' (that member stops: its result's `stopped` is
+      'diverged' and its `detail` says where; the others go on).
 
   Returns:
     One `train.RunResult` per member.
@@ -538,6 +559,8 @@ def train_population(configs, workdirs, callbacks=(), root=None) -> list[train.R
     ConfigError: before anything is written; TrainingDiverged: a member's loss became
       non-finite (every member's last good checkpoint stays).
   """
+  if on_diverge not in ("raise", "drop"):
+    raise ValueError(f"on_diverge={on_diverge!r}; allowed: 'raise', 'drop'")
   check_members(configs)
   if len(workdirs) != len(configs) or len(set(map(os.path.abspath, workdirs))) != len(workdirs):
     raise ConfigError("a population needs one distinct workdir per member")
@@ -602,11 +625,21 @@ def train_population(configs, workdirs, callbacks=(), root=None) -> list[train.R
 
   restored = _restore(members, init_states)
   step = 0
+  pending_eval: set[int] = set()
   if restored is not None:
     init_states, step = restored
     for mem in members:
       mem.last_good = step
-    if step >= total_steps:
+    # Checkpoints are saved before the epoch's evaluation: the members a killed process
+    # did not evaluate at this step are evaluated first (no training is repeated).
+    if step % spe == 0 and (step // spe % config.eval.every_epochs == 0 or step >= total_steps):
+      pending_eval = {
+        m
+        for m, mem in enumerate(members)
+        if mem.evaluator is not None
+        and not any(r.get("step") == step for r in scores_lib.read(mem.workdir))
+      }
+    if step >= total_steps and not pending_eval:
       for mem in members:
         mem.manager.close()
       logging.info("The population is already finished (step %d of %d).", step, total_steps)
@@ -636,17 +669,19 @@ def train_population(configs, workdirs, callbacks=(), root=None) -> list[train.R
 
   def save_checkpoints():
     nonlocal history
-    _check_finite(program, history, step, members)
+    _check_finite(program, history, step, members, on_diverge)
     _log(program, history, step, members)
     history = []
     for m, mem in enumerate(members):
-      checkpointing.save(mem.manager, step, program.member_state(states, m))
-      mem.last_good = step
+      if mem.stopped is None:
+        checkpointing.save(mem.manager, step, program.member_state(states, m))
+        mem.last_good = step
 
-  def evaluate() -> bool:
+  def evaluate(only=None) -> bool:
     last = step >= total_steps
-    stop_requested = False
     for m, mem in enumerate(members):
+      if mem.stopped is not None or (only is not None and m not in only):
+        continue
       state = program.member_state(states, m)
       train.write_sample_grids(
         mem.writer, mem.workdir, program.solo.generate, state, mem.grid_z, step, config.model.k
@@ -670,11 +705,27 @@ def train_population(configs, workdirs, callbacks=(), root=None) -> list[train.R
       if jax.process_index() == 0:
         scores_lib.append(mem.workdir, record)
       train.save_best(mem.best_manager, mem.evaluator, scores, step, state)
-      stop_requested |= any([bool(cb(m, record)) for cb in callbacks])
-    return stop_requested and not last
+      if any([bool(cb(m, record)) for cb in callbacks]) and not last:
+        mem.stopped, mem.stopped_at = "callback", step
+    return all(mem.stopped is not None for mem in members) and not last
 
   with train._StopSignal() as stop:
     try:
+      if stop.received is not None:  # before anything was trained: nothing to save
+        stopped = stop.received
+        logging.warning("Received %s before training started: stopping.", stopped)
+      elif pending_eval:
+        logging.info(
+          "Evaluating step %d of member(s) %s, which the previous process did not finish.",
+          step,
+          ", ".join(str(m) for m in sorted(pending_eval)),
+        )
+        try:
+          if evaluate(pending_eval):
+            stopped = "callback"
+        except evaluator_lib.EvaluationInterrupted:
+          stopped = stop.received
+          train._log_interrupted_evaluation(stopped, step)
       while step < total_steps and stopped is None:
         epoch, start = divmod(step, spe)
         orders = [
@@ -691,7 +742,9 @@ def train_population(configs, workdirs, callbacks=(), root=None) -> list[train.R
             jax.block_until_ready(metrics)
             stop.arm()
           if step % config.train.log_every_steps == 0:
-            _check_finite(program, history, step, members)
+            _check_finite(program, history, step, members, on_diverge)
+            if all(mem.stopped is not None for mem in members):
+              break
             _log(program, history, step, members)
             history = []
           report(step)
@@ -701,6 +754,9 @@ def train_population(configs, workdirs, callbacks=(), root=None) -> list[train.R
           stopped = stop.received
           logging.warning("Received %s at step %d: saving checkpoints and exiting.", stopped, step)
           save_checkpoints()
+          break
+        if all(mem.stopped is not None for mem in members):
+          stopped = "callback"
           break
         if step // spe % config.checkpoint.every_epochs == 0 or step >= total_steps:
           save_checkpoints()
@@ -716,8 +772,6 @@ def train_population(configs, workdirs, callbacks=(), root=None) -> list[train.R
           break
         if wants_stop:
           stopped = "callback"
-          if any(mem.last_good != step for mem in members):
-            save_checkpoints()
     finally:
       for mem in members:
         checkpointing.close(mem.manager)
@@ -727,8 +781,10 @@ def train_population(configs, workdirs, callbacks=(), root=None) -> list[train.R
   for m, mem in enumerate(members):
     mem.writer.close()
     records = scores_lib.read(mem.workdir)
-    train._summary(mem.workdir, first_step, step, total_steps, seconds, records, stopped)
-    results.append(train.RunResult(program.member_state(states, m), records, stopped))
+    mine = stopped if mem.stopped is None else mem.stopped
+    end = step if mem.stopped_at is None else mem.stopped_at
+    train._summary(mem.workdir, first_step, end, total_steps, seconds, records, mine)
+    results.append(train.RunResult(program.member_state(states, m), records, mine, mem.diverged))
   return results
 
 

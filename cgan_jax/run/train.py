@@ -59,12 +59,15 @@ class RunResult(NamedTuple):
     state: the final `GANState`.
     scores: the run's `scores.jsonl` records, oldest first (all pieces of a resumed run).
     stopped: None when the run reached its last epoch; 'callback' when a callback asked to
-      stop; the signal's name ('SIGTERM', 'SIGINT') when one arrived.
+      stop; the signal's name ('SIGTERM', 'SIGINT') when one arrived; 'diverged' for a
+      population member dropped as diverged (`population.train_population`).
+    detail: what a 'diverged' member's message said; '' otherwise.
   """
 
   state: state_lib.GANState
   scores: list[dict]
   stopped: str | None
+  detail: str = ""
 
 
 class TrainingDiverged(RuntimeError):

@@ -30,7 +30,7 @@ def validate(config) -> None:
   s = config.get("search")
   if s is None:
     raise ConfigError("config.search is missing; use configs/search.py")
-  for field in ("num_trials", "num_epochs", "eval_samples", "eval_every_epochs"):
+  for field in ("num_trials", "num_epochs", "eval_samples", "eval_every_epochs", "population"):
     value = s[field]
     if not isinstance(value, int) or value < 1:
       raise ConfigError(f"config.search.{field}={value!r} must be an integer >= 1")

@@ -173,20 +173,23 @@ class Heartbeat:
     self.study_dir, self.interval = study_dir, interval
     self._stop = threading.Event()
     self._thread = None
-    self.path = None
+    self.paths: list[str] = []
 
-  def start(self, number: int) -> None:
+  def start(self, numbers: int | list[int]) -> None:
+    """Beats for trial `numbers` (one, or a population's several)."""
     self.stop()
-    self.path = heartbeat_path(self.study_dir, number)
-    os.makedirs(os.path.dirname(self.path), exist_ok=True)
+    numbers = [numbers] if isinstance(numbers, int) else list(numbers)
+    self.paths = [heartbeat_path(self.study_dir, n) for n in numbers]
+    os.makedirs(os.path.join(self.study_dir, "heartbeats"), exist_ok=True)
     self._stop = threading.Event()
     self._beat()  # at once, before the thread is scheduled
     self._thread = threading.Thread(target=self._run, daemon=True, name="heartbeat")
     self._thread.start()
 
   def _beat(self) -> None:
-    with contextlib.suppress(OSError), open(self.path, "w") as f:
-      f.write(str(time.time()))
+    for path in self.paths:
+      with contextlib.suppress(OSError), open(path, "w") as f:
+        f.write(str(time.time()))
 
   def _run(self) -> None:
     while not self._stop.wait(self.interval):
@@ -198,10 +201,10 @@ class Heartbeat:
       self._stop.set()
       self._thread.join()
       self._thread = None
-    if self.path is not None:
+    for path in self.paths:
       with contextlib.suppress(FileNotFoundError):
-        os.remove(self.path)
-      self.path = None
+        os.remove(path)
+    self.paths = []
 
 
 def _proc_stat(pid: int) -> list[str] | None:
@@ -379,75 +382,115 @@ def _same_graph(study: optuna.Study, params: dict, number: int):
   return None
 
 
+def _prepare_trial(trial, config, study_dir: str, config_spec: str, overrides: list[str]):
+  """Draws the trial's graph and records it in its user attrs.
+
+  Returns:
+    (params, workdir, twin): `twin` is a complete trial of the same graph (then the
+    trial reuses its result and `workdir` is None).
+  """
+  s, k = config.search, config.model.k
+  params = space.suggest(trial, config)
+  gates_d, gates_transfer = space.graph_text(params, k)
+  trial.set_user_attr("gates_d", gates_d)
+  trial.set_user_attr("gates_transfer", gates_transfer)
+  trial.set_user_attr("transfer", params.get("transfer", config.graph.transfer))
+  trial.set_user_attr(
+    "command", space.retrain_command(config_spec, overrides, params, k, s.num_epochs)
+  )
+  twin = _same_graph(trial.study, params, trial.number)
+  if twin is not None:  # same graph, same seed: same run; do not train it again
+    _copy_result(twin, trial)
+    logging.info(
+      "Trial %d: the graph of trial %d again; its result is reused.", trial.number, twin.number
+    )
+    return params, None, twin
+  workdir = trial.user_attrs.get("workdir") or os.path.join(study_dir, "trials", str(trial.number))
+  trial.set_user_attr("workdir", os.path.abspath(workdir))
+  logging.info(
+    "Trial %d: gates_d=%s gates_transfer=%s in %s", trial.number, gates_d, gates_transfer, workdir
+  )
+  return params, workdir, None
+
+
+def _copy_result(twin, trial) -> None:
+  for key in ("best", "train_s", "eval_s", "wall_s", "workdir", "population"):
+    if key in twin.user_attrs:
+      trial.set_user_attr(key, twin.user_attrs[key])
+  trial.set_user_attr("duplicate_of", twin.number)
+
+
+def _finish_trial(trial, config, result, start: float, wall: float, train_s: float | None):
+  """Records a trained trial's times and best evaluation; returns its objective value.
+
+  Args:
+    train_s: the trial's training seconds; None: its wall time less its evaluations.
+
+  Raises:
+    optuna.TrialPruned: a callback stopped it; SearchInterrupted: a signal stopped it (it
+      was checkpointed and queued again); RuntimeError: it recorded no objective.
+  """
+  s = config.search
+  workdir = trial.user_attrs["workdir"]
+  mine = [r for r in result.scores if _timestamp(r) >= start - 1.0]  # this attempt's
+  eval_s = sum(float(r.get("eval_s", 0.0)) for r in mine)
+  trial.set_user_attr("wall_s", round(wall, 2))
+  trial.set_user_attr("eval_s", round(eval_s, 2))
+  trial.set_user_attr("train_s", round(wall - eval_s if train_s is None else train_s, 2))
+  best = space.best_record(result.scores, s.objective, s.generator)
+  if best is not None:
+    trial.set_user_attr(
+      "best",
+      {key: best[key] for key in ("step", "epoch", "generators", "num_samples", "weights")},
+    )
+  if result.stopped not in (None, "callback"):
+    requeue(trial.study, trial.study.trials[trial.number], s.max_retry + 1)
+    raise SearchInterrupted(
+      f"{result.stopped} during trial {trial.number}, which was checkpointed and queued again"
+    )
+  if not s.keep_checkpoints:
+    for sub in ("checkpoints", "best"):
+      shutil.rmtree(os.path.join(workdir, sub), ignore_errors=True)
+  if result.stopped == "callback":
+    raise optuna.TrialPruned(f"pruned after epoch {result.scores[-1]['epoch']}")
+  if best is None:
+    raise RuntimeError(f"trial {trial.number} recorded no {s.objective} in {workdir}")
+  return space.objective_value(best, s.objective, s.generator)
+
+
+def _reporter(trial, config):
+  """The training callback of one trial: reports each evaluation; True: prune it."""
+  s = config.search
+
+  def report(record: dict) -> bool:
+    value = space.objective_value(record, s.objective, s.generator)
+    trial.report(value, record["epoch"])
+    return trial.should_prune()
+
+  return report
+
+
 def make_objective(config, study_dir: str, journal: bool, config_spec: str, overrides: list[str]):
   """The Optuna objective: trains one graph; returns its best evaluation's objective."""
   s = config.search
-  k = config.model.k
 
   def train_trial(trial: optuna.Trial) -> float:
-    params = space.suggest(trial, config)
-    gates_d, gates_transfer = space.graph_text(params, k)
-    trial.set_user_attr("gates_d", gates_d)
-    trial.set_user_attr("gates_transfer", gates_transfer)
-    trial.set_user_attr("transfer", params.get("transfer", config.graph.transfer))
-    trial.set_user_attr(
-      "command", space.retrain_command(config_spec, overrides, params, k, s.num_epochs)
-    )
-    twin = _same_graph(trial.study, params, trial.number)
-    if twin is not None:  # same graph, same seed: same run; do not train it again
-      for key in ("best", "train_s", "eval_s", "wall_s", "workdir"):
-        if key in twin.user_attrs:
-          trial.set_user_attr(key, twin.user_attrs[key])
-      trial.set_user_attr("duplicate_of", twin.number)
-      logging.info(
-        "Trial %d: the graph of trial %d again; its result is reused.", trial.number, twin.number
-      )
+    params, workdir, twin = _prepare_trial(trial, config, study_dir, config_spec, overrides)
+    if twin is not None:
       return twin.value
-    workdir = trial.user_attrs.get("workdir") or os.path.join(
-      study_dir, "trials", str(trial.number)
-    )
-    trial.set_user_attr("workdir", os.path.abspath(workdir))
-    logging.info(
-      "Trial %d: gates_d=%s gates_transfer=%s in %s", trial.number, gates_d, gates_transfer, workdir
-    )
-
-    def report(record: dict) -> bool:
-      value = space.objective_value(record, s.objective, s.generator)
-      trial.report(value, record["epoch"])
-      return trial.should_prune()
-
     start = time.time()
     try:
-      result = train.train_and_evaluate(space.trial_config(config, params), workdir, [report])
+      result = train.train_and_evaluate(
+        space.trial_config(config, params), workdir, [_reporter(trial, config)]
+      )
     except train.TrainingDiverged as e:
       trial.set_user_attr("diverged", str(e))
       raise optuna.TrialPruned(f"diverged: {e}") from None
-    wall = time.time() - start
-    mine = [r for r in result.scores if _timestamp(r) >= start - 1.0]  # this attempt's
-    eval_s = sum(float(r.get("eval_s", 0.0)) for r in mine)
-    trial.set_user_attr("wall_s", round(wall, 2))
-    trial.set_user_attr("eval_s", round(eval_s, 2))
-    trial.set_user_attr("train_s", round(wall - eval_s, 2))
-    best = space.best_record(result.scores, s.objective, s.generator)
-    if best is not None:
-      trial.set_user_attr(
-        "best",
-        {key: best[key] for key in ("step", "epoch", "generators", "num_samples", "weights")},
-      )
-    if result.stopped not in (None, "callback"):
-      requeue(trial.study, trial.study.trials[trial.number], s.max_retry + 1)
-      objective.interrupted = (
-        f"{result.stopped} during trial {trial.number}, which was checkpointed and queued again"
-      )
-      raise SearchInterrupted(objective.interrupted)
-    if not s.keep_checkpoints and result.stopped in (None, "callback"):
-      for sub in ("checkpoints", "best"):
-        shutil.rmtree(os.path.join(workdir, sub), ignore_errors=True)
-    if result.stopped == "callback":
-      raise optuna.TrialPruned(f"pruned after epoch {result.scores[-1]['epoch']}")
-    if best is None:
-      raise RuntimeError(f"trial {trial.number} recorded no {s.objective} in {workdir}")
-    return space.objective_value(best, s.objective, s.generator)
+    try:
+      return _finish_trial(trial, config, result, start, time.time() - start, None)
+    except SearchInterrupted as e:
+      objective.interrupted = str(e)
+      raise
 
   def objective(trial: optuna.Trial) -> float:
     # Where the trial got to, for `run_worker` to tell a trial another worker took over
@@ -490,6 +533,178 @@ def make_objective(config, study_dir: str, journal: bool, config_spec: str, over
   return objective
 
 
+def _tell(study: optuna.Study, trial: optuna.Trial, **kwargs) -> bool:
+  """study.tell, except for a trial another worker failed as stale meanwhile (it was
+  re-queued, and that copy carries on from its workdir): logged, False."""
+  try:
+    study.tell(trial, **kwargs)
+    return True
+  except Exception:
+    if not _taken_over(study, trial._trial_id):
+      raise
+    logging.warning(
+      "Another worker failed trial %d as stale (its heartbeat was late) and queued it again; "
+      "going on.",
+      trial.number,
+    )
+    return False
+
+
+def _structure(config) -> str:
+  """What members of one population must share: every field but the per-member ones."""
+  from cgan_jax.run import population
+
+  return json.dumps(population._flat(config), sort_keys=True, default=str)
+
+
+def _latest_step(workdir: str) -> int | None:
+  folder = os.path.join(workdir, "checkpoints")
+  steps = [int(n) for n in os.listdir(folder) if n.isdigit()] if os.path.isdir(folder) else []
+  return max(steps, default=None)
+
+
+def run_population_round(
+  study: optuna.Study,
+  config,
+  study_dir: str,
+  heartbeat: Heartbeat | None,
+  size: int,
+  config_spec: str,
+  overrides: list[str],
+) -> int:
+  """Asks Optuna for `size` trials and trains them as populations (config.search.population).
+
+  Trials that share a structure and a checkpoint step (new ones: none; re-queued ones:
+  where their killed population stopped) train as one population, each in its own
+  `trials/<number>/` workdir, each evaluation reported to its own trial. A pruned member
+  is no longer evaluated or checkpointed (its slot computes on until the population ends:
+  the member axis has a fixed size); a member whose loss diverges is pruned alone. Every
+  trial is told before this returns.
+
+  Returns:
+    How many trials this round finished (complete or pruned).
+
+  Raises:
+    SearchInterrupted: a signal stopped the round; its trials were checkpointed and
+      queued again (after every trial was told).
+  """
+  from cgan_jax.run import population
+
+  s = config.search
+  trials = [study.ask() for _ in range(size)]
+  for trial in trials:
+    for key, value in worker_attrs().items():
+      trial.set_user_attr(key, value)
+  if heartbeat is not None:
+    heartbeat.start([t.number for t in trials])
+  finished, interrupted, error = 0, "", None
+  try:
+    jobs, copies = [], []  # jobs: (trial, params, workdir); copies: (trial, job it repeats)
+    for trial in trials:
+      if is_surplus(study, trial.number, s.num_trials):
+        trial.set_user_attr(SURPLUS, "another worker started the study's last trial at once")
+        logging.info(
+          "Trial %d was one too many (another worker started the study's last trials at the "
+          "same moment): dropped before training (failed as 'surplus', not counted).",
+          trial.number,
+        )
+        _tell(study, trial, state=TrialState.FAIL)
+        continue
+      params, workdir, twin = _prepare_trial(trial, config, study_dir, config_spec, overrides)
+      if twin is not None:
+        finished += _tell(study, trial, values=twin.value)
+        continue
+      same = next((j for j in jobs if j[1] == params), None)
+      if same is not None:  # drawn twice in this round: trained once
+        copies.append((trial, same))
+        continue
+      jobs.append((trial, params, workdir))
+    groups: dict = {}
+    for job in jobs:
+      key = (_structure(space.trial_config(config, job[1])), _latest_step(job[2]))
+      groups.setdefault(key, []).append(job)
+    outcomes: dict[int, dict] = {}  # trial number -> tell kwargs
+    for group in groups.values():
+      if interrupted:  # not started: queued again as they are
+        for trial, _, _ in group:
+          requeue(study, study.trials[trial.number], s.max_retry + 1)
+          trial.set_user_attr(INTERRUPTED, interrupted)
+          outcomes[trial.number] = {"state": TrialState.FAIL}
+        continue
+      numbers = ", ".join(str(t.number) for t, _, _ in group)
+      where = "" if _latest_step(group[0][2]) is None else " (resumed)"
+      logging.info("Trials %s: one population of %d%s.", numbers, len(group), where)
+      configs = [space.trial_config(config, params) for _, params, _ in group]
+      workdirs = [w for _, _, w in group]
+      for trial, _, _ in group:
+        trial.set_user_attr("population", {"size": len(group), "trials": numbers})
+      pruned = [False] * len(group)
+
+      def callback(m, record, group=group, pruned=pruned):
+        try:
+          pruned[m] = _reporter(group[m][0], config)(record)
+        except optuna.exceptions.UpdateFinishedTrialError:
+          pruned[m] = True  # taken over by another worker: stop spending on it
+        return pruned[m]
+
+      start = time.time()
+      if len(group) == 1:
+        try:
+          results = [
+            train.train_and_evaluate(configs[0], workdirs[0], [lambda r: callback(0, r)])
+          ]
+        except train.TrainingDiverged as e:
+          results = [train.RunResult(None, [], "diverged", str(e))]
+      else:
+        results = population.train_population(
+          configs, workdirs, callbacks=[callback], on_diverge="drop"
+        )
+      wall = time.time() - start
+      evals = sum(
+        float(r.get("eval_s", 0.0))
+        for res in results
+        for r in res.scores
+        if _timestamp(r) >= start - 1.0
+      )
+      share = max(wall - evals, 0.0) / len(group)  # the training all members shared
+      for (trial, _, _), result in zip(group, results, strict=True):
+        if result.stopped == "diverged":
+          trial.set_user_attr("diverged", result.detail)
+          outcomes[trial.number] = {"state": TrialState.PRUNED}
+          continue
+        try:
+          value = _finish_trial(trial, config, result, start, wall, share)
+          outcomes[trial.number] = {"values": value}
+        except optuna.TrialPruned:
+          outcomes[trial.number] = {"state": TrialState.PRUNED}
+        except SearchInterrupted as e:
+          interrupted = interrupted or str(e)
+          trial.set_user_attr(INTERRUPTED, str(e))
+          outcomes[trial.number] = {"state": TrialState.FAIL}
+        except RuntimeError as e:
+          error = error or e
+          outcomes[trial.number] = {"state": TrialState.FAIL}
+    for trial, (first, _, _) in copies:
+      if first.number in outcomes and "values" in outcomes[first.number]:
+        _copy_result(study.trials[first.number], trial)
+        outcomes[trial.number] = outcomes[first.number]
+      else:  # its twin did not complete: queued again, drawn on its own later
+        requeue(study, study.trials[trial.number], s.max_retry + 1)
+        outcomes[trial.number] = {"state": TrialState.FAIL}
+    for trial in trials:
+      if trial.number in outcomes:
+        told = _tell(study, trial, **outcomes[trial.number])
+        finished += told and outcomes[trial.number].get("state") != TrialState.FAIL
+  finally:
+    if heartbeat is not None:
+      heartbeat.stop()
+  if error is not None:
+    raise error
+  if interrupted:
+    raise SearchInterrupted(interrupted)
+  return finished
+
+
 def _timestamp(record: dict) -> float:
   return datetime.fromisoformat(record["time"]).timestamp() if "time" in record else 0.0
 
@@ -528,6 +743,13 @@ def run_worker(
       logging.info("Waiting for %d running trial(s) of other workers.", c["running"])
       time.sleep(s.heartbeat_s)
       continue
+    if s.population > 1:
+      size = max(1, min(s.population, s.num_trials - c["finished"] - c["running"]))
+      done_here += run_population_round(
+        study, config, study_dir, objective.heartbeat, size, config_spec, overrides
+      )
+      _log_progress(study, s, done_here, start)
+      continue
     objective.trial_id, objective.reached = None, None
     try:
       study.optimize(
@@ -556,22 +778,26 @@ def run_worker(
     if objective.reached == SURPLUS:  # logged by the objective
       continue
     done_here += 1
-    c = counts(study)
-    rate = done_here / max(time.time() - start, 1e-9) * 3600
-    left = max(s.num_trials - c["finished"], 0)
-    logging.info(
-      "Study %s: %d/%d trials finished (%d complete, %d pruned, %d failed); this worker: "
-      "%.1f trials/h, ETA %s at this rate.",
-      s.study_name,
-      c["finished"],
-      s.num_trials,
-      c["complete"],
-      c["pruned"],
-      c["fail"],
-      rate,
-      _eta(left / rate * 3600 if rate else float("inf")),
-    )
+    _log_progress(study, s, done_here, start)
   return counts(study)
+
+
+def _log_progress(study: optuna.Study, s, done_here: int, start: float) -> None:
+  c = counts(study)
+  rate = done_here / max(time.time() - start, 1e-9) * 3600
+  left = max(s.num_trials - c["finished"], 0)
+  logging.info(
+    "Study %s: %d/%d trials finished (%d complete, %d pruned, %d failed); this worker: "
+    "%.1f trials/h, ETA %s at this rate.",
+    s.study_name,
+    c["finished"],
+    s.num_trials,
+    c["complete"],
+    c["pruned"],
+    c["fail"],
+    rate,
+    _eta(left / rate * 3600 if rate else float("inf")),
+  )
 
 
 def _eta(seconds: float) -> str:
