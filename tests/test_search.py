@@ -135,6 +135,44 @@ def test_objective_is_the_best_generator_or_the_chosen_one():
   is_recs = [{"generators": [{"is": 2.0}, {"is": 3.5}]}, {"generators": [{"is": 4.0}, {"is": 1.0}]}]
   assert space.best_record(is_recs, "is", 0) is is_recs[1]
   assert space.best_record(is_recs, "is", 2) is is_recs[0]
+  # config.search.select: 'last' is the end of learning (Table 2), 'best' the best point.
+  c = smoke_config()
+  assert space.chosen_record(records, c.search) is records[1]
+  c.search.select = "last"
+  assert space.chosen_record(records, c.search) is records[2]
+  assert space.chosen_record([], c.search) is None
+
+
+def test_table2_variant_is_the_papers_table_2_setting():
+  """Section 4.3: 50 epochs, evaluated at the end of learning, through and cutoff gates,
+  the three transfer methods; Table 3's variant keeps 200 epochs and the best evaluation."""
+  c = configlib.load_config(f"{SEARCH_CONFIG}:table2")
+  assert c.search.num_epochs == c.num_epochs == 50 and c.search.select == "last"
+  assert space.names(c.search.gates) == ["through", "cutoff"]
+  assert space.names(c.search.transfer_methods) == [
+    "image",
+    "feature_input_side",
+    "feature_output_side",
+  ]
+  space.validate(c)
+  c3 = configlib.load_config(SEARCH_CONFIG)
+  assert c3.search.num_epochs == 200 and c3.search.select == "best"
+  # A study made with one rule does not silently continue with the other.
+  assert "select" in study_lib.space_description(c)
+  assert "select" not in study_lib.space_description(c3)  # older studies still load
+
+
+@needs_fid_weights
+def test_select_last_makes_the_last_evaluation_the_trials_result(tmp_path):
+  c = smoke_config(num_trials=1, num_epochs=2, select="last")
+  c.num_epochs = 2
+  space.validate(c)
+  counts = study_lib.run_worker(c, str(tmp_path), "", 0, f"{SEARCH_CONFIG}:smoke,k2", [])
+  assert counts["complete"] == 1
+  (t,) = load_study(tmp_path).trials
+  assert list(t.intermediate_values) == [1, 2]
+  assert t.value == pytest.approx(t.intermediate_values[2])  # the last, whichever is best
+  assert t.user_attrs["best"]["epoch"] == 2
 
 
 @pytest.mark.parametrize(
@@ -146,6 +184,8 @@ def test_objective_is_the_best_generator_or_the_chosen_one():
     ("generator", 3, "config.search.generator=3 must be 0"),
     ("transfer_methods", "image,pixels", "config.search.transfer_methods='pixels'"),
     ("grace_s", 1, "config.search.grace_s=1 must be larger"),
+    ("select", "max", "config.search.select='max'"),
+    ("population", 0, "config.search.population=0 must be an integer >= 1"),
   ],
 )
 def test_bad_search_fields_are_one_line_errors(field, value, message):
@@ -322,7 +362,7 @@ def test_the_heartbeat_keeps_beating_while_the_main_thread_compiles(tmp_path):
 
   beat = study_lib.Heartbeat(str(tmp_path), 0.2)
   beat.start(7)
-  first = os.path.getmtime(beat.path)
+  first = os.path.getmtime(beat.paths[0])
 
   def big(x):
     for i in range(400):
@@ -332,7 +372,7 @@ def test_the_heartbeat_keeps_beating_while_the_main_thread_compiles(tmp_path):
   t0 = time.time()
   jax.jit(big).lower(jnp.ones((64, 64))).compile()
   took = time.time() - t0
-  last = os.path.getmtime(beat.path)
+  last = os.path.getmtime(beat.paths[0])
   beat.stop()
   assert not os.path.exists(study_lib.heartbeat_path(str(tmp_path), 7))
   if took > 1.0:  # a compile long enough to tell
@@ -458,8 +498,45 @@ def test_three_trials_in_one_worker_compile_once_and_report(tmp_path):
   best = study_lib.best_trials(study, 1)[0]
   assert rows[1].split(",")[1] == str(best.number)
   assert best.user_attrs["command"] in (out / "best.md").read_text()
+  graphs = report_lib.distinct_graphs(study)
+  assert graphs["distinct"] + graphs["reused"] == 3
+  assert f"{graphs['distinct']} distinct graphs trained" in (out / "best.md").read_text()
   values = sorted(t.value for t in study.trials)
   assert float(rows[1].split(",")[3]) == pytest.approx(values[0], abs=1e-3)  # FID: lowest first
+
+
+def _fake_study(name, method, values, objective="is", params=None):
+  """An in-memory study of finished trials, as the search leaves them."""
+  study = optuna.create_study(study_name=name, direction=space.OBJECTIVES[objective])
+  study.set_user_attr("space", {"objective": objective, "num_epochs": 50, "select": "last"})
+  dist = optuna.distributions.CategoricalDistribution(["through", "cutoff"])
+  for i, v in enumerate(values):
+    p = params[i] if params else {"gate_d_0": ["through", "cutoff"][i % 2]}
+    attrs = {"transfer": method, "best": {"generators": [{objective: v}], "weights": "w"}}
+    if params and p in params[:i]:
+      attrs["duplicate_of"] = params.index(p)
+    study.add_trial(
+      optuna.trial.create_trial(
+        params=p, distributions={k: dist for k in p}, value=v, user_attrs=attrs
+      )
+    )
+  return study
+
+
+def test_figure7_draws_one_study_per_method_side_by_side(tmp_path):
+  """The paper's Figure 7 tried 1,500 graphs per method: one study per method, drawn
+  together; a study ranked by another objective is refused."""
+  a = _fake_study("image", "image", [3.0, 3.5, 4.0])
+  b = _fake_study("out", "feature_output_side", [4.5, 5.0])
+  path = report_lib.draw_figure7(a, str(tmp_path / "f7.png"), [b])
+  assert_png(path, (400, 400))
+  with pytest.raises(ValueError, match="ranks by FID"):
+    report_lib.draw_figure7(a, str(tmp_path / "x.png"), [_fake_study("f", "image", [9.0], "fid")])
+  same = [{"gate_d_0": "through"}, {"gate_d_0": "cutoff"}, {"gate_d_0": "through"}]
+  assert report_lib.distinct_graphs(_fake_study("d", "image", [1.0, 2.0, 1.0], params=same)) == {
+    "distinct": 2,
+    "reused": 1,
+  }
 
 
 def test_graph_drawing_has_one_arrow_per_edge(tmp_path):

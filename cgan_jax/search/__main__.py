@@ -1,7 +1,7 @@
 """Knowledge-transfer-graph search with Optuna.
 
   python -m cgan_jax.search --config=configs/search.py --study_dir=DIR [--workers=N]
-  python -m cgan_jax.search report --study_dir=DIR [--top=10]
+  python -m cgan_jax.search report --study_dir=DIR [--top=10] [--compare=DIR2,DIR3]
 
 The first runs trials until the study has `config.search.num_trials` finished ones
 (re-running it continues the same study; a finished study exits 0). Each trial trains one
@@ -39,6 +39,12 @@ def define_flags() -> None:
   flags.DEFINE_integer("top", 10, "report: how many graphs best.csv/best.md list.")
   flags.DEFINE_string("out", None, "report: output folder (default: --study_dir).")
   flags.DEFINE_string("study_name", None, "report: the study's name (default: the only one).")
+  flags.DEFINE_list(
+    "compare",
+    [],
+    "report: more study folders (journal store) whose trials figure7.png draws beside this "
+    "study's, a box per transfer method (e.g. one study per method: 1,500 trials each).",
+  )
   flags.DEFINE_integer("worker_index", 0, "Internal: this worker's index among --workers.")
 
 
@@ -168,8 +174,17 @@ def report_main() -> None:
   if name not in names:
     cli.fail(f"--study_name={name!r}: the storage holds {names}; name one")
   study = optuna.load_study(study_name=name, storage=storage)
+  compare = []
+  for folder in FLAGS.compare:
+    if not os.path.isfile(os.path.join(folder, study_lib.JOURNAL)):
+      cli.fail(f"--compare={folder!r} holds no study ({study_lib.JOURNAL} is missing)")
+    other = study_lib.open_storage(folder, "", None)
+    other_names = [s.study_name for s in optuna.get_all_study_summaries(other)]
+    if len(other_names) != 1:
+      cli.fail(f"--compare={folder!r} holds {len(other_names)} studies {other_names}; give one")
+    compare.append(optuna.load_study(study_name=other_names[0], storage=other))
   try:
-    paths = report_lib.write_report(study, out, FLAGS.top)
+    paths = report_lib.write_report(study, out, FLAGS.top, compare)
   except ValueError as e:
     cli.fail(f"study {name!r}: {e}")
   for p in paths:

@@ -2,10 +2,14 @@
 Figure 8, and the objective per trial by transfer method like its Figure 7.
 
   best.csv, best.md   the top-N graphs: gates, objective, per-generator IS/FID of the
-                      trial's best evaluation, train/eval time, and the re-train command
+                      trial's result (its best evaluation, or its last with
+                      config.search.select='last'), train/eval time, the re-train command;
+                      best.md also counts the distinct graphs trained
   graph_best.png      the best graph: nodes D and G_1..G_k, one arrow per edge (D -> G_i
                       for L_D,i; G_t -> G_s for L_t,s), coloured and styled by gate
   figure7.png         the objective of every finished trial, a box per transfer method
+                      (of this study and of the studies given with --compare: one study per
+                      method gives the paper's 1,500 trials per method)
 """
 
 import csv
@@ -59,7 +63,7 @@ def rows(study: optuna.Study, top: int) -> list[dict]:
       "transfer": t.user_attrs.get("transfer", ""),
       "gates_d": t.user_attrs.get("gates_d", ""),
       "gates_transfer": t.user_attrs.get("gates_transfer", ""),
-      "best_epoch": best.get("epoch", ""),
+      "eval_epoch": best.get("epoch", ""),
       "samples": best.get("num_samples", ""),
     }
     for name, i, metric in cols:
@@ -86,6 +90,8 @@ def write_tables(study: optuna.Study, out_dir: str, top: int) -> tuple[str, str]
   objective = space.get("objective", "objective")
   c = study_lib.counts(study)
   n_surplus = c[study_lib.SURPLUS]
+  graphs = distinct_graphs(study)
+  rule = "its last evaluation" if space.get("select") == "last" else "its best evaluation"
   surplus = f" ({n_surplus} surplus, dropped before training)" if n_surplus else ""
   lines = [
     f"# Search {study.study_name!r}: the top {len(table)} graphs by {objective.upper()}",
@@ -96,8 +102,9 @@ def write_tables(study: optuna.Study, out_dir: str, top: int) -> tuple[str, str]
     f"{space.get('eval_samples')} samples per generator every "
     f"{space.get('eval_every_epochs')} epochs; objective: the "
     f"{'best generator' if not space.get('generator') else 'G' + str(space.get('generator'))}'s "
-    f"{objective.upper()} at its best evaluation. gates_transfer: row t = teacher G_t, "
-    f"column s = student G_s.",
+    f"{objective.upper()} at {rule} (eval_epoch). {graphs['distinct']} distinct graphs "
+    f"trained; {graphs['reused']} finished trials drew a graph already trained and reused "
+    f"its result. gates_transfer: row t = teacher G_t, column s = student G_s.",
     "",
   ]
   shown = [key for key in table[0] if key != "command"]
@@ -122,6 +129,19 @@ def write_tables(study: optuna.Study, out_dir: str, top: int) -> tuple[str, str]
   with open(md_path, "w") as f:
     f.write("\n".join(lines))
   return csv_path, md_path
+
+
+def distinct_graphs(study: optuna.Study) -> dict[str, int]:
+  """{'distinct': graphs trained, 'reused': finished trials that reused a twin's result}.
+
+  A random search draws graphs with replacement: with table2's 3 methods x 2^9 gate
+  choices, 1,500 draws hold about 958 distinct graphs (expected value)."""
+  finished = study.get_trials(deepcopy=False, states=study_lib.FINISHED)
+  reused = sum("duplicate_of" in t.user_attrs for t in finished)
+  distinct = {
+    tuple(sorted(t.params.items())) for t in finished if "duplicate_of" not in t.user_attrs
+  }
+  return {"distinct": len(distinct), "reused": reused}
 
 
 def parse_graph(gates_d: str, gates_transfer: str) -> nx.DiGraph:
@@ -194,13 +214,22 @@ def draw_graph(gates_d: str, gates_transfer: str, path: str, title: str) -> str:
   return path
 
 
-def draw_figure7(study: optuna.Study, path: str) -> str:
+def draw_figure7(study: optuna.Study, path: str, compare=()) -> str:
+  """A box per transfer method over the finished trials of `study` and of the studies in
+  `compare` (which must share its objective); duplicates of a graph count once."""
   space = study.user_attrs.get("space", {})
   objective = space.get("objective", "objective").upper()
+  for other in compare:
+    theirs = other.user_attrs.get("space", {}).get("objective", "objective").upper()
+    if theirs != objective:
+      raise ValueError(
+        f"--compare: study {other.study_name!r} ranks by {theirs}, this one by {objective}"
+      )
   groups: dict[str, list[float]] = {}
-  for t in study.get_trials(deepcopy=False, states=study_lib.FINISHED):
-    if t.value is not None and "duplicate_of" not in t.user_attrs:
-      groups.setdefault(t.user_attrs.get("transfer", "?"), []).append(float(t.value))
+  for s in (study, *compare):
+    for t in s.get_trials(deepcopy=False, states=study_lib.FINISHED):
+      if t.value is not None and "duplicate_of" not in t.user_attrs:
+        groups.setdefault(t.user_attrs.get("transfer", "?"), []).append(float(t.value))
   if not groups:
     raise ValueError("the study has no finished trial with a value yet")
   names = sorted(groups)
@@ -218,7 +247,8 @@ def draw_figure7(study: optuna.Study, path: str) -> str:
   for i, n in enumerate(names, 1):
     xs = np.random.default_rng(i).uniform(-0.08, 0.08, len(groups[n])) + i
     ax.scatter(xs, groups[n], s=10, alpha=0.5, color="tab:blue")
-  ax.set_ylabel(f"{objective} of the trial's best evaluation")
+  rule = "last" if space.get("select") == "last" else "best"
+  ax.set_ylabel(f"{objective} of the trial's {rule} evaluation")
   ax.set_xlabel("transfer method")
   title = (
     f"{objective} per trial by transfer method: {space.get('eval_samples')} samples per "
@@ -231,8 +261,9 @@ def draw_figure7(study: optuna.Study, path: str) -> str:
   return path
 
 
-def write_report(study: optuna.Study, out_dir: str, top: int = 10) -> list[str]:
-  """Writes best.csv, best.md, graph_best.png and figure7.png into `out_dir`."""
+def write_report(study: optuna.Study, out_dir: str, top: int = 10, compare=()) -> list[str]:
+  """Writes best.csv, best.md, graph_best.png and figure7.png into `out_dir`; figure7.png
+  also draws the trials of the studies in `compare`."""
   os.makedirs(out_dir, exist_ok=True)
   csv_path, md_path = write_tables(study, out_dir, top)
   best = study_lib.best_trials(study, 1)[0]
@@ -247,5 +278,5 @@ def write_report(study: optuna.Study, out_dir: str, top: int = 10) -> list[str]:
     os.path.join(out_dir, "graph_best.png"),
     title,
   )
-  fig7 = draw_figure7(study, os.path.join(out_dir, "figure7.png"))
+  fig7 = draw_figure7(study, os.path.join(out_dir, "figure7.png"), compare)
   return [csv_path, md_path, graph, fig7]

@@ -19,6 +19,7 @@ from cgan_jax.errors import ConfigError, choice_error
 OBJECTIVES = {"is": "maximize", "fid": "minimize"}
 SAMPLERS = ("random", "tpe")
 PRUNERS = ("none", "successive_halving", "hyperband")
+SELECTS = ("best", "last")
 
 
 def names(text: str) -> list[str]:
@@ -48,6 +49,8 @@ def validate(config) -> None:
   for t in names(s.transfer_methods):
     if t not in methods:
       raise choice_error("config.search.transfer_methods", t, methods)
+  if s.select not in SELECTS:
+    raise choice_error("config.search.select", s.select, SELECTS)
   if s.objective not in OBJECTIVES:
     raise choice_error("config.search.objective", s.objective, tuple(OBJECTIVES))
   if s.sampler not in SAMPLERS:
@@ -122,7 +125,7 @@ def trial_config(config, params: dict) -> ml_collections.ConfigDict:
   c.checkpoint.keep = 1
   if "transfer" in params:
     c.graph.transfer = params["transfer"]
-  if params:
+  if any(name != "transfer" for name in params):  # {} or {'transfer': m}: the base gates
     c.graph.gates_d, c.graph.gates_transfer = graph_text(params, config.model.k)
   return c
 
@@ -133,6 +136,15 @@ def objective_value(record: dict, objective: str, generator: int) -> float:
   if generator:
     return values[generator - 1]
   return max(values) if objective == "is" else min(values)
+
+
+def chosen_record(records: list[dict], search) -> dict | None:
+  """The evaluation that is a trial's result: its best ('best') or its last ('last', the
+  end of learning) by config.search.select."""
+  if search.select == "last":
+    scored = [r for r in records if all(search.objective in g for g in r["generators"])]
+    return scored[-1] if scored else None
+  return best_record(records, search.objective, search.generator)
 
 
 def best_record(records: list[dict], objective: str, generator: int) -> dict | None:

@@ -347,6 +347,8 @@ def space_description(config) -> dict:
     "num_epochs": s.num_epochs,
     "eval_samples": s.eval_samples,
     "eval_every_epochs": s.eval_every_epochs,
+    # Only when not the default, so that studies made before the field existed still load.
+    **({"select": s.select} if s.select != "best" else {}),
   }
 
 
@@ -437,7 +439,7 @@ def _finish_trial(trial, config, result, start: float, wall: float, train_s: flo
   trial.set_user_attr("wall_s", round(wall, 2))
   trial.set_user_attr("eval_s", round(eval_s, 2))
   trial.set_user_attr("train_s", round(wall - eval_s if train_s is None else train_s, 2))
-  best = space.best_record(result.scores, s.objective, s.generator)
+  best = space.chosen_record(result.scores, s)
   if best is not None:
     trial.set_user_attr(
       "best",
@@ -650,9 +652,7 @@ def run_population_round(
       start = time.time()
       if len(group) == 1:
         try:
-          results = [
-            train.train_and_evaluate(configs[0], workdirs[0], [lambda r: callback(0, r)])
-          ]
+          results = [train.train_and_evaluate(configs[0], workdirs[0], [lambda r: callback(0, r)])]
         except train.TrainingDiverged as e:
           results = [train.RunResult(None, [], "diverged", str(e))]
       else:
