@@ -56,8 +56,12 @@ def test_two_processes_train_like_one(tmp_path):
     for i in range(2)
   ]
   outs = [p.communicate(timeout=400)[0] for p in procs]
-  for i, (p, out) in enumerate(zip(procs, outs, strict=True)):
-    assert p.returncode == 0, f"process {i}:\n{out[-3000:]}"
+  report = "\n".join(
+    f"process {i} (exit {p.returncode}):\n{out[-3000:]}"
+    for i, (p, out) in enumerate(zip(procs, outs, strict=True))
+  )
+  assert [p.returncode for p in procs] == [0, 0], report  # both outputs: either may fail first
+  assert (multi / "config.json").is_file()
   assert "on 2 device(s)" in outs[0]
 
   r = subprocess.run(

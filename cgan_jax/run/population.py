@@ -789,8 +789,10 @@ def train_population(
 
 
 def write_population_file(workdir: str, configs, workdirs) -> None:
-  """DIR/population.json: the members and their workdirs (relative to DIR)."""
+  """DIR/population.json: the members and their workdirs (relative to DIR); process 0 writes it."""
   os.makedirs(workdir, exist_ok=True)
+  if jax.process_index() != 0:
+    return
   info = {
     "seeds": [int(c.seed) for c in configs],
     "members": [os.path.relpath(w, workdir) for w in workdirs],

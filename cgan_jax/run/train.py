@@ -105,11 +105,18 @@ def check_workdir(workdir: str, config) -> None:
 
 
 def write_config(workdir: str, config) -> None:
-  """Writes config.json atomically (a process ended mid-write leaves the old file)."""
+  """Writes config.json atomically (a process ended mid-write leaves the old file).
+
+  In a multi-process run only process 0 writes: the processes share the workdir, and two
+  writers renaming one temporary file made the second fail (a CI abort, issue 29).
+  """
+  if jax.process_index() != 0:
+    return
   path = os.path.join(workdir, "config.json")
-  with open(path + ".tmp", "w") as f:
+  tmp = f"{path}.{os.getpid()}.tmp"
+  with open(tmp, "w") as f:
     f.write(config.to_json_best_effort(indent=2, sort_keys=True))
-  os.replace(path + ".tmp", path)
+  os.replace(tmp, path)
 
 
 class _StopSignal:
