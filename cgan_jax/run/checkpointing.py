@@ -253,6 +253,11 @@ def restore_step(workdir: str, which: str, target):
   )
 
 
+def best_steps(workdir: str) -> list[int]:
+  """The steps of the finished checkpoints in `workdir`'s best/ ([] if none)."""
+  return sorted(_steps_in(os.path.join(workdir, BEST_DIR)))
+
+
 def _steps_in(directory: str) -> list[int]:
   """The step numbers of the finished checkpoints in `directory` ([] if none)."""
   if not os.path.isdir(directory):
