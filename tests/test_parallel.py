@@ -13,6 +13,7 @@ import jax
 import numpy as np
 import pytest
 
+from cgan_jax import xla_setup
 from cgan_jax.run import parallel
 
 from .conftest import ROOT, build, real_batch, tiny_config
@@ -136,7 +137,9 @@ def test_cpu_compiler_options_keep_batchnorm_statistics_accurate():
 
 
 def test_unknown_compiler_option_falls_back_to_defaults(monkeypatch):
-  monkeypatch.setattr(parallel, "CPU_COMPILER_OPTIONS", {"xla_cpu_no_such_option": "1"})
+  # the option sets live in cgan_jax.xla_setup (run/parallel.py re-exports them)
+  monkeypatch.setattr(xla_setup, "CPU_COMPILER_OPTIONS", {"xla_cpu_no_such_option": "1"})
+  assert parallel.compiler_options is xla_setup.compiler_options
   parallel.compiler_options.cache_clear()
   try:
     assert parallel.compiler_options() is None

@@ -27,6 +27,8 @@ import urllib.request
 import numpy as np
 from absl import logging
 
+from cgan_jax.xla_setup import cache_dir  # noqa: F401 - the project's cache folder, re-exported
+
 FULL_URL = (
   "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
   "pt_inception-2015-12-05-6726825d.pth"
@@ -63,14 +65,6 @@ class InceptionWeights:
   @property
   def fingerprint(self) -> str:
     return self.sha256[:16]
-
-
-def cache_dir() -> str:
-  """`$CGAN_JAX_CACHE`, else `$XDG_CACHE_HOME/cgan_jax`, else `~/.cache/cgan_jax`."""
-  if os.environ.get("CGAN_JAX_CACHE"):
-    return os.environ["CGAN_JAX_CACHE"]
-  base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-  return os.path.join(base, "cgan_jax")
 
 
 def inception_dir() -> str:

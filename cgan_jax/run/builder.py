@@ -25,22 +25,23 @@ every executable, however quick to compile, not only those over JAX's default se
 
 import dataclasses
 import functools
-import os
 import threading
 from typing import Any
 
 import jax
 import numpy as np
 import optax
-from absl import logging
 
 from cgan_jax import configlib
 from cgan_jax.core import graph as graph_lib
 from cgan_jax.core import models, steps
 from cgan_jax.core import state as state_lib
 from cgan_jax.run import generate, input_pipeline, parallel
-
-COMPILE_CACHE_ENV = "CGAN_JAX_COMPILE_CACHE"
+from cgan_jax.xla_setup import (  # noqa: E402, F401 - re-exported (the cache lives there)
+  COMPILE_CACHE_ENV,
+  compilation_cache_dir,
+  enable_compilation_cache,
+)
 
 
 def make_models(config) -> tuple[models.Generator, models.Discriminator]:
@@ -291,53 +292,6 @@ def clear_programs() -> None:
     _PROGRAMS.clear()
   with _INIT_LOCK:
     _INITS.clear()
-
-
-_cache_enabled = False
-
-
-def compilation_cache_dir() -> str | None:
-  """The persistent compilation cache folder `enable_compilation_cache` uses (None: off)."""
-  from cgan_jax.quality import weights as weights_lib  # the project's cache folder
-
-  value = os.environ.get(COMPILE_CACHE_ENV, "")
-  if value.lower() in ("off", "0", "none", "false"):
-    return None
-  return value or os.path.join(weights_lib.cache_dir(), "jax_compile")
-
-
-def enable_compilation_cache() -> str | None:
-  """Turns on JAX's persistent compilation cache (once per process); returns its folder.
-
-  A folder already set through JAX (`jax_compilation_cache_dir`, `JAX_COMPILATION_CACHE_DIR`)
-  is kept. Every executable is cached, also those quicker to compile than JAX's default
-  threshold of a second (unless `JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS` is set), so a
-  second process skips compiling the training step and `init_state`.
-  Under `jax.distributed` each process has its own subfolder, so all processes of a run
-  find the cache equally warm and reach their collectives together.
-  """
-  global _cache_enabled
-  current = jax.config.jax_compilation_cache_dir
-  if _cache_enabled or current:
-    return current
-  _cache_enabled = True
-  path = compilation_cache_dir()
-  if path is None:
-    return None
-  if jax.distributed.is_initialized():
-    # One folder per process of a multi-process run. In a shared folder, a process whose
-    # device single-process runs had warmed read its ops back while the others compiled
-    # them, and then waited at the first collective past Gloo's 30 s limit.
-    path = os.path.join(path, f"process{jax.process_index()}of{jax.process_count()}")
-  try:
-    os.makedirs(path, exist_ok=True)
-  except OSError as e:
-    logging.warning("No persistent compilation cache: cannot create %s (%s).", path, e)
-    return None
-  jax.config.update("jax_compilation_cache_dir", path)
-  if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-  return path
 
 
 def abstract_state(config) -> state_lib.GANState:

@@ -12,12 +12,8 @@ on different devices; the discriminator is replicated. With g = 1 (the default) 
 state is replicated on every device.
 """
 
-import functools
-
 import jax
-import jax.numpy as jnp
 import numpy as np
-from absl import logging
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from cgan_jax.errors import ConfigError
@@ -25,52 +21,15 @@ from cgan_jax.errors import ConfigError
 DATA = "data"
 GEN = "gen"
 
-# XLA:CPU runs dots, reductions and convolutions through YNNPACK by default. Its own
-# (Eigen) convolutions ran the discriminator's 4x4 stride-2 convolution and its weight
-# gradient ~25% faster on the 2-core AVX2 benchmark machine, and the 64 px step ~8% faster
-# (benchmarks/README.md), so the training step keeps YNNPACK for dots and reductions only.
-# Reductions must be listed: XLA's own reduce ran BatchNorm's statistics ~8x slower than
-# YNNPACK's and summed less accurately (a 65k-element channel sum: relative error 5e-6
-# against 1e-7). The same function: only the kernels (and so the rounding) change.
-CPU_COMPILER_OPTIONS = {
-  "xla_cpu_experimental_ynn_fusion_type": (
-    "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"
-  ),
-}
-
-
-def _probed(options: dict, what: str) -> dict | None:
-  """`options` if this backend is the CPU and its XLA accepts them on a tiny function, else
-  None (logged): the options are experimental, and a jaxlib that no longer knows one gets
-  XLA's defaults, never an error."""
-  if jax.default_backend() != "cpu":
-    return None
-  try:
-    jax.jit(jnp.sin, compiler_options=options).lower(1.0).compile()
-  except Exception as e:  # noqa: BLE001 - any rejection means: use the defaults.
-    logging.info("XLA:CPU %s options %s not applied: %s", what, options, e)
-    return None
-  return dict(options)
-
-
-@functools.cache
-def compiler_options() -> dict[str, str] | None:
-  """`jax.jit(compiler_options=...)` for the training step on this backend (None: none)."""
-  return _probed(CPU_COMPILER_OPTIONS, "compiler")
-
-
-# The initial state is computed once per run, in microseconds, but compiling it with
-# LLVM's full optimisation took most of a fresh process's start-up on the CPU (threefry
-# and the initialisers of every layer: 23 s for a tiny k = 3 config on the 2-core VM,
-# 4 s without LLVM's optimisation passes). Same operations, unoptimised machine code.
-OPT_LEVEL = "xla_backend_optimization_level"  # XLA's LLVM optimisation level: 0 or 2 (default)
-CPU_INIT_COMPILER_OPTIONS = {OPT_LEVEL: 0}
-
-
-@functools.cache
-def init_compiler_options() -> dict | None:
-  """`jax.jit(compiler_options=...)` for `builder.init_state` on this backend (None: none)."""
-  return _probed(CPU_INIT_COMPILER_OPTIONS, "init")
+# The XLA:CPU option sets live in `cgan_jax.xla_setup` (shared with `quality/`); the
+# names stay importable from here.
+from cgan_jax.xla_setup import (  # noqa: E402, F401 - re-exported
+  CPU_COMPILER_OPTIONS,
+  CPU_INIT_COMPILER_OPTIONS,
+  OPT_LEVEL,
+  compiler_options,
+  init_compiler_options,
+)
 
 
 def make_mesh(devices=None, gen: int = 1) -> Mesh:
