@@ -33,10 +33,10 @@ import numpy as np
 from absl import app, flags
 
 from cgan_jax import configlib
-from cgan_jax.quality import evaluator as evaluator_lib
 from cgan_jax.quality import metrics as metrics_lib
 from cgan_jax.quality import weights as weights_lib
 from cgan_jax.run import builder, generate, input_pipeline
+from cgan_jax.run import evaluation as evaluator_lib
 
 FLAGS = flags.FLAGS
 

@@ -180,6 +180,9 @@ def _validate_eval(config) -> None:
   _check_int("config.checkpoint.every_epochs", config.checkpoint.every_epochs, 1)
   _check_int("config.checkpoint.keep", config.checkpoint.keep, 1)
   parse_select(eval_select(config))
+  from cgan_jax.quality import registry
+
+  registry.parse(eval_metrics(config), "config.eval.metrics")  # logits: checked with the weights
   w = e.inception_weights
   if not isinstance(w, str):
     raise ConfigError(f"config.eval.inception_weights={w!r} must be a string")
@@ -191,8 +194,6 @@ def _validate_eval(config) -> None:
     )
 
 
-# The metrics a run's evaluation can give (`quality.evaluator`), for config.eval.select.
-SELECT_METRICS = ("is", "fid")
 SELECT_MODES = ("max", "min")
 
 
@@ -201,18 +202,30 @@ def eval_select(config) -> str:
   return config.eval.get("select", "auto")
 
 
+def eval_metrics(config) -> str:
+  """config.eval.metrics ('auto' in configs older than the field): the metrics of the
+  registry (`cgan_jax.quality.registry`) computed at each evaluation of training."""
+  value = config.eval.get("metrics", "auto")
+  return ",".join(value) if isinstance(value, list | tuple) else str(value)
+
+
 def parse_select(text: str) -> tuple[str, str] | None:
-  """'metric:mode' -> (metric, mode); 'auto' -> None (chosen once the weights are known).
+  """'metric:mode' or 'metric' (its registry direction) -> (metric, mode); 'auto' -> None
+  (chosen once the weights are known). The metric is any of the registry's.
 
   Raises:
     ConfigError: an unknown metric or mode.
   """
+  from cgan_jax.quality import registry  # the registry imports the metrics (and jax)
+
   field = "config.eval.select"
   if text == "auto":
     return None
   metric, sep, mode = str(text).partition(":")
-  allowed = ", ".join(["auto", *(f"{m}:max|min" for m in SELECT_METRICS)])
-  if not sep or metric not in SELECT_METRICS or mode not in SELECT_MODES:
+  if not sep and metric in registry.METRICS:
+    mode = registry.METRICS[metric].direction
+  allowed = ", ".join(["auto", *(f"{m}[:max|min]" for m in registry.names())])
+  if metric not in registry.METRICS or mode not in SELECT_MODES:
     raise ConfigError(f"{field}={text!r} is not allowed; use one of: {allowed}")
   return metric, mode
 

@@ -1,9 +1,11 @@
-"""IS and FID of every generator of a trained run.
+"""IS, FID and the registry's other metrics of every generator of a trained run.
 
   python -m cgan_jax.evaluate --workdir=DIR [--checkpoint=best|latest|STEP]
       [--num_samples=50000] [--weights=auto|fid_helper|FILE] [--batch_size=200]
+      [--metrics=fid,is,kid,precision,recall,density,coverage]
 
-Prints one row per generator (IS ± std over 10 splits, FID) under a header that names
+Prints one row per generator (IS ± std over 10 splits, FID, and a column per other metric
+of `--metrics`, default the run's `config.eval.metrics`) under a header that names
 the checkpoint, the sample count, the reference split and the Inception weights. The
 reference is the run's own training data at its training resolution, as many images as
 its `config.eval.num_reference` (so the numbers compare with its `scores.jsonl`), or
@@ -13,10 +15,11 @@ its `config.eval.num_reference` (so the numbers compare with its `scores.jsonl`)
 import jax
 from absl import flags
 
-from cgan_jax import cli
+from cgan_jax import cli, configlib
 from cgan_jax.errors import ConfigError
-from cgan_jax.quality import evaluator
+from cgan_jax.quality import registry
 from cgan_jax.quality import weights as weights_lib
+from cgan_jax.run import evaluation as evaluator
 from cgan_jax.run import generate, input_pipeline, restore
 
 FLAGS = flags.FLAGS
@@ -36,6 +39,13 @@ def define_flags() -> None:
     "FID reference: the first N training images (0: all); default: the run's own "
     "config.eval.num_reference, so that the numbers compare with its scores.jsonl.",
   )
+  flags.DEFINE_string(
+    "metrics",
+    None,
+    "Comma-separated metrics of the registry (fid, is, kid, precision, recall, density, "
+    "coverage; 'auto': FID, and IS with the full weights); default: the run's "
+    "config.eval.metrics.",
+  )
 
 
 def evaluate_run(
@@ -46,6 +56,7 @@ def evaluate_run(
   batch_size=None,
   seed=0,
   num_reference=None,
+  metric_names=None,
 ):
   """Returns (header, scores) for checkpoint `which` of the run in `workdir`.
 
@@ -63,6 +74,10 @@ def evaluate_run(
   w = weights_lib.load_weights_for_cli(spec)
   bs = batch_size or config.eval.batch_size
   extractor = evaluator.InceptionExtractor(w, bs)
+  if metric_names is None:
+    selected = registry.parse(configlib.eval_metrics(config), "config.eval.metrics", w.has_logits)
+  else:
+    selected = registry.parse(metric_names, "--metrics", w.has_logits)
   images = input_pipeline.load_images(config)
   if num_reference is None:
     num_reference = config.eval.get("num_reference", 0)
@@ -70,7 +85,13 @@ def evaluate_run(
   if num_reference and num_reference < len(images):
     description += f" (the first {num_reference} of {len(images)})"
     images = images[:num_reference]
-  reference = evaluator.reference_statistics(images, config.data.image_size, extractor, description)
+  reference = evaluator.reference_statistics(
+    images,
+    config.data.image_size,
+    extractor,
+    description,
+    keep_features=registry.REFERENCE_FEATURES in registry.needs(selected),
+  )
   scores = evaluator.score_generators(
     generate.make_generate_fn(generator),
     state.g_params,
@@ -81,6 +102,7 @@ def evaluate_run(
     extractor,
     reference,
     bs,
+    selected=selected,
   )
   header = (
     f"{workdir} checkpoint {which} (step {step}): {num_samples} samples per generator; "
@@ -102,6 +124,7 @@ def main(argv):
     FLAGS.batch_size,
     FLAGS.seed,
     FLAGS.num_reference,
+    FLAGS.metrics,
   )
   print(evaluator.format_table(scores, header))
 

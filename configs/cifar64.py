@@ -95,6 +95,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # 'auto' = 'is:max' (the paper's "highest point of IS") when the weights have logits,
   # else 'fid:min'.
   c.eval.select = "auto"
+  # The metrics of each evaluation (cgan_jax/quality/registry.py), comma-separated: 'auto'
+  # = FID, and IS when the weights have logits; also kid, precision, recall, density,
+  # coverage (these keep the reference's features: 8 KB per reference image).
+  c.eval.metrics = "auto"
   c.eval.num_grid = 64
 
   c.checkpoint = ml_collections.ConfigDict()

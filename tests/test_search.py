@@ -179,7 +179,7 @@ def test_select_last_makes_the_last_evaluation_the_trials_result(tmp_path):
   "field, value, message",
   [
     ("gates", "through,sideways", "config.search.gates='sideways'"),
-    ("objective", "kid", "config.search.objective='kid'"),
+    ("objective", "lpips", "config.search.objective='lpips'"),
     ("pruner", "median", "config.search.pruner='median'"),
     ("generator", 3, "config.search.generator=3 must be 0"),
     ("transfer_methods", "image,pixels", "config.search.transfer_methods='pixels'"),
@@ -507,7 +507,7 @@ def test_three_trials_in_one_worker_compile_once_and_report(tmp_path):
 
 def _fake_study(name, method, values, objective="is", params=None):
   """An in-memory study of finished trials, as the search leaves them."""
-  study = optuna.create_study(study_name=name, direction=space.OBJECTIVES[objective])
+  study = optuna.create_study(study_name=name, direction=space.objectives()[objective])
   study.set_user_attr("space", {"objective": objective, "num_epochs": 50, "select": "last"})
   dist = optuna.distributions.CategoricalDistribution(["through", "cutoff"])
   for i, v in enumerate(values):

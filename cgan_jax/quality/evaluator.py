@@ -12,7 +12,6 @@ Choices (also in the README):
 """
 
 import dataclasses
-import datetime
 import functools
 import hashlib
 import os
@@ -24,14 +23,13 @@ import numpy as np
 from absl import logging
 from tqdm import tqdm
 
-from cgan_jax import configlib
-from cgan_jax.errors import ConfigError
-from cgan_jax.quality import inception, metrics
+from cgan_jax import xla_setup
+from cgan_jax.quality import inception, metrics, registry
 from cgan_jax.quality import weights as weights_lib
-from cgan_jax.run import builder, generate, input_pipeline, parallel
 
-IS_SPLITS = 10
-STATS_FORMAT = 1
+IS_SPLITS = registry.IS_SPLITS
+# 2: the reference may also hold its pool3 features (for KID, precision/recall, ...).
+STATS_FORMAT = 2
 
 
 def inception_compiler_options() -> dict | None:
@@ -43,8 +41,8 @@ def inception_compiler_options() -> dict | None:
   compute-bound: where XLA_FLAGS lowers the level for a whole process (the test suite does,
   for its tiny programs), 20 images took 3.7 s instead of 2.1 s.
   """
-  options = parallel.compiler_options()
-  return None if options is None else {**options, parallel.OPT_LEVEL: 2}
+  options = xla_setup.compiler_options()
+  return None if options is None else {**options, xla_setup.OPT_LEVEL: 2}
 
 
 class InceptionExtractor:
@@ -56,7 +54,7 @@ class InceptionExtractor:
   """
 
   def __init__(self, weights: weights_lib.InceptionWeights, batch_size: int = 200):
-    builder.enable_compilation_cache()  # Inception, and its small eager ops
+    xla_setup.enable_compilation_cache()  # Inception, and its small eager ops
     self.weights = weights
     self.batch_size = int(batch_size)
     self.model = inception.InceptionV3(with_logits=weights.has_logits)
@@ -121,21 +119,12 @@ class ReferenceStats:
   sigma: np.ndarray
   num_images: int
   description: str
+  features: np.ndarray | None = None  # float32 [num_images, 2048], when a metric needs them
 
   @functools.cached_property
   def sigma_root(self) -> np.ndarray:
     """sigma's square root, computed once and reused by every FID against these stats."""
     return metrics.covariance_root(self.sigma)
-
-
-def real_images_at_resolution(images: np.ndarray, image_size: int, batch: int = 1000):
-  """uint8 [n, h, w, 3] -> uint8 [n, image_size, image_size, 3] via the training resize."""
-  if images.shape[1] == image_size:
-    return images
-  resize = jax.jit(lambda x: generate.to_uint8(input_pipeline.preprocess(x, image_size)))
-  return np.concatenate(
-    [np.asarray(resize(images[i : i + batch])) for i in range(0, len(images), batch)]
-  )
 
 
 def reference_statistics(
@@ -144,11 +133,19 @@ def reference_statistics(
   extractor: InceptionExtractor,
   description: str,
   cache: str | None = None,
+  keep_features: bool = False,
+  resize=None,
 ) -> ReferenceStats:
   """Statistics of the real `images` (uint8, native resolution) at `image_size`.
 
+  `resize(images) -> uint8 [n, image_size, image_size, 3]` brings them to `image_size`
+  when they are not at it (`run.evaluation.reference_statistics` gives the training
+  preprocessing); it is called only when the statistics are not cached.
+
   Cached in `cache` (default `weights.cache_dir()/fid_stats`) under a key made from the
-  images' bytes, `image_size`, the weights' sha256 and the stats format.
+  images' bytes, `image_size`, the weights' sha256 and the stats format. With
+  `keep_features` the pool3 features are kept too (float32, in the cache as well); a cached
+  entry without them is then computed again.
   """
   h = hashlib.sha256()
   h.update(np.ascontiguousarray(images).tobytes())
@@ -159,20 +156,42 @@ def reference_statistics(
   if os.path.isfile(path):
     try:
       with np.load(path) as z:
-        logging.info("Reference statistics from cache %s.", path)
-        return ReferenceStats(z["mu"], z["sigma"], int(z["num_images"]), str(z["description"]))
+        if not keep_features or "features" in z.files:
+          logging.info("Reference statistics from cache %s.", path)
+          features = z["features"] if keep_features else None
+          return ReferenceStats(
+            z["mu"], z["sigma"], int(z["num_images"]), str(z["description"]), features
+          )
     except (OSError, ValueError, KeyError) as e:
       logging.warning("Ignoring unreadable reference statistics %s (%s).", path, e)
-  real = real_images_at_resolution(images, image_size)
+  if images.shape[1] == image_size:
+    real = images
+  elif resize is None:
+    raise ValueError(f"images are {images.shape[1]} px, not {image_size}, and no resize given")
+  else:
+    real = resize(images)
   stats = metrics.RunningStats(inception.FEATURE_DIM)
+  kept = []
   bs = extractor.batch_size
   for start in _progress(range(0, len(real), bs), "Reference statistics", len(real), extractor):
-    stats.update(extractor(real[start : start + bs])[0])
-  ref = ReferenceStats(stats.mu, stats.sigma, stats.count, description)
+    feats = extractor(real[start : start + bs])[0]
+    stats.update(feats)
+    if keep_features:
+      kept.append(np.asarray(feats, np.float32))
+  features = np.concatenate(kept) if keep_features else None
+  ref = ReferenceStats(stats.mu, stats.sigma, stats.count, description, features)
   try:
     os.makedirs(cache, exist_ok=True)
-    tmp = path + ".tmp.npz"
-    np.savez(tmp, mu=ref.mu, sigma=ref.sigma, num_images=ref.num_images, description=description)
+    tmp = f"{path}.{os.getpid()}.tmp.npz"
+    extra = {} if features is None else {"features": features}
+    np.savez(
+      tmp,
+      mu=ref.mu,
+      sigma=ref.sigma,
+      num_images=ref.num_images,
+      description=description,
+      **extra,
+    )
     os.replace(tmp, path)
   except OSError as e:
     logging.warning("Could not cache reference statistics at %s: %s", path, e)
@@ -183,198 +202,96 @@ class EvaluationInterrupted(Exception):
   """`should_stop` asked an evaluation to end before its last batch."""
 
 
-def score_generators(
-  generate_fn,
-  g_params,
-  g_batch_stats,
-  key: jax.Array,
-  num_samples: int,
-  z_dim: int,
+def score_image_batches(
+  batches,
+  num_batches: int,
+  k: int,
   extractor: InceptionExtractor,
   reference: ReferenceStats,
-  batch_size: int,
+  selected: tuple[str, ...] | None = None,
   should_stop=None,
 ) -> list[dict[str, float]]:
-  """IS and FID of every generator on `num_samples` samples each.
+  """The selected metrics (default: FID, and IS where the weights have logits) of k image
+  sets that arrive as `batches`, an iterable of uint8 [k, n, h, w, 3] (one batch of each
+  set at a time, e.g. the k generators' samples of one latent batch).
 
-  `should_stop()` (optional) is asked between Inception batches; when it says True the
-  evaluation ends at once with `EvaluationInterrupted` (a preempted job must not wait for
-  minutes of Inception on a CPU).
-
-  Latents come from `key` in batches of `batch_size` (batch i uses `fold_in(key, i)`);
-  every generator gets the same latents.
+  `should_stop()` (optional) is asked between batches; when it says True the evaluation
+  ends at once with `EvaluationInterrupted` (a preempted job must not wait for minutes of
+  Inception on a CPU).
 
   Returns:
-    One plain mapping per generator (`generator_scores`): {"fid": ...} and, where the
-    weights have logits, {"is": ..., "is_std": ...}. Logging, `scores.jsonl`, the best
-    checkpoint and the search read these keys, so a new metric is added here alone.
+    One plain mapping per set (`generator_scores`), e.g. {"fid": ...} and, where the
+    weights have logits, {"is": ..., "is_std": ...}: the keys of the metric registry
+    (`cgan_jax.quality.registry`), which logging, `scores.jsonl`, the best checkpoint and
+    the search read.
   """
-  probe = generate_fn(g_params, g_batch_stats, generate.latents(key, 1, z_dim))
-  k = probe.shape[0]
+  if selected is None:
+    selected = registry.parse("auto", has_logits=extractor.has_logits)
+  keep_features = registry.FEATURES in registry.needs(selected)
   stats = [metrics.RunningStats(inception.FEATURE_DIM) for _ in range(k)]
+  features: list[list[np.ndarray]] = [[] for _ in range(k)]
   logits: list[list[np.ndarray]] = [[] for _ in range(k)]
-  per_call = max(1, extractor.batch_size // k)
-  chunk = min(batch_size, per_call)
-  batches = range(-(-num_samples // chunk))
+  names = "/".join(registry.METRICS[n].label for n in selected)
   bar = tqdm(
-    batches, desc=f"IS/FID of {k} generator(s)", unit="batch", file=sys.stderr, leave=False
+    total=num_batches,
+    desc=f"{names} of {k} generator(s)",
+    unit="batch",
+    file=sys.stderr,
+    leave=False,
   )
-  for i in bar:
-    if should_stop is not None and should_stop():
-      bar.close()
-      raise EvaluationInterrupted(f"after {i} of {len(batches)} batches")
-    n = min(chunk, num_samples - i * chunk)
-    z = generate.latents(jax.random.fold_in(key, i), n, z_dim)
-    images = generate_fn(g_params, g_batch_stats, z)  # uint8 [k, n, h, w, 3]
-    feats, lg = extractor(images.reshape(k * n, *images.shape[2:]))
-    for g in range(k):
-      stats[g].update(feats[g * n : (g + 1) * n])
-      if lg is not None:
-        logits[g].append(lg[g * n : (g + 1) * n])
+  with bar:
+    for i, images in enumerate(batches):
+      if should_stop is not None and should_stop():
+        raise EvaluationInterrupted(f"after {i} of {num_batches} batches")
+      n = images.shape[1]
+      feats, lg = extractor(images.reshape(k * n, *images.shape[2:]))
+      for g in range(k):
+        stats[g].update(feats[g * n : (g + 1) * n])
+        if keep_features:
+          features[g].append(np.asarray(feats[g * n : (g + 1) * n], np.float32))
+        if lg is not None:
+          logits[g].append(lg[g * n : (g + 1) * n])
+      bar.update()
   return [
-    generator_scores(stats[g], np.concatenate(logits[g]) if logits[g] else None, reference)
+    generator_scores(
+      stats[g],
+      np.concatenate(logits[g]) if logits[g] else None,
+      reference,
+      selected,
+      np.concatenate(features[g]) if features[g] else None,
+    )
     for g in range(k)
   ]
 
 
 def generator_scores(
-  stats: metrics.RunningStats, logits: np.ndarray | None, reference: ReferenceStats
+  stats: metrics.RunningStats,
+  logits: np.ndarray | None,
+  reference: ReferenceStats,
+  selected: tuple[str, ...] | None = None,
+  features: np.ndarray | None = None,
 ) -> dict[str, float]:
-  """One generator's metrics from its Inception statistics (and logits, for IS)."""
-  factor = stats.factor()  # fewer samples than features: no root of the reference needed
-  root = None if factor is not None else reference.sigma_root
-  fid = metrics.frechet_distance(
-    stats.mu, stats.sigma, reference.mu, reference.sigma, sigma2_root=root, factor1=factor
-  )
-  out = {"fid": float(fid)}
-  if logits is not None:
-    is_mean, is_std = metrics.inception_score(logits, IS_SPLITS)
-    out.update({"is": float(is_mean), "is_std": float(is_std)})
-  return out
+  """One generator's metrics (`selected`, default FID and IS where there are logits)."""
+  if selected is None:
+    selected = registry.parse("auto", has_logits=logits is not None)
+  generated = registry.Generated(stats, features, logits)
+  return registry.compute(selected, generated, reference)
 
 
 def format_table(scores: list[dict[str, float]], header: str) -> str:
-  """A plain-text table, one row per generator, numbered G1..Gk as in the paper."""
-  lines = [header, f"{'generator':>9}  {'IS':>16}  {'FID':>9}"]
+  """A plain-text table, one row per generator, numbered G1..Gk as in the paper; a column
+  per metric the scores hold, in the registry's order (IS first, as the paper)."""
+  shown = ["is", "fid", *(n for n in registry.names() if any(n in s for s in scores))]
+  shown = list(dict.fromkeys(shown))  # IS and FID always ('unavailable' without logits)
+  widths = [18 if any(f"{n}_std" in s for s in scores) else 10 for n in shown]
+  lines = [
+    header,
+    f"{'generator':>9}"
+    + "".join(f"  {registry.METRICS[n].label:>{w}}" for n, w in zip(shown, widths, strict=True)),
+  ]
   for g, s in enumerate(scores):
-    is_text = f"{s['is']:.3f} ± {s['is_std']:.3f}" if "is" in s else "unavailable"
-    lines.append(f"{'G' + str(g + 1):>9}  {is_text:>16}  {s['fid']:9.3f}")
+    cells = [registry.format_value(s, n) for n in shown]
+    lines.append(
+      f"{'G' + str(g + 1):>9}" + "".join(f"  {c:>{w}}" for c, w in zip(cells, widths, strict=True))
+    )
   return "\n".join(lines)
-
-
-def describe_reference(config, num_images: int) -> str:
-  source = {"tfds": "CIFAR-10 train (tfds)", "cifar_archive": "CIFAR-10 train (archive)"}
-  name = source.get(config.data.source, f"{config.data.source} images")
-  s = config.data.image_size
-  return f"{name}, {num_images} images at {s}x{s}"
-
-
-class TrainingEvaluator:
-  """What `train.py` calls every `eval.every_epochs`; built by `make_training_evaluator`."""
-
-  def __init__(self, config, images: np.ndarray, extractor: InceptionExtractor):
-    self.config = config
-    self.images = images
-    self.extractor = extractor
-    self._reference = None
-    self.selection = selection(configlib.eval_select(config), extractor.weights)
-
-  def select_value(self, scores: list[dict[str, float]]) -> float:
-    """The best checkpoint's criterion over the generators: the best of their values."""
-    metric, mode = self.selection
-    values = [s[metric] for s in scores]
-    return max(values) if mode == "max" else min(values)
-
-  @property
-  def reference(self) -> ReferenceStats:
-    """Statistics of the first `config.eval.num_reference` training images (0: all)."""
-    if self._reference is None:
-      n = self.config.eval.get("num_reference", 0) or len(self.images)
-      images = self.images[:n]
-      description = describe_reference(self.config, len(images))
-      if len(images) < len(self.images):
-        description += f" (the first {len(images)} of {len(self.images)})"
-      self._reference = reference_statistics(
-        images, self.config.data.image_size, self.extractor, description
-      )
-    return self._reference
-
-  def evaluate(
-    self, generate_fn, state, key, num_samples: int, should_stop=None
-  ) -> list[dict[str, float]]:
-    """Scores of every generator of `state` (see `score_generators`, also for should_stop)."""
-    return score_generators(
-      generate_fn,
-      state.g_params,
-      state.g_batch_stats,
-      key,
-      num_samples,
-      self.config.model.z_dim,
-      self.extractor,
-      self.reference,
-      self.config.eval.batch_size,
-      should_stop,
-    )
-
-  def record(self, scores: list[dict[str, float]], *, step: int, epoch: int, num_samples: int):
-    """One `scores.jsonl` line (see `cgan_jax.run.scores`) for these scores, with provenance."""
-    return {
-      "step": int(step),
-      "epoch": int(epoch),
-      "generators": [dict(s) for s in scores],
-      "num_samples": int(num_samples),
-      "weights": self.extractor.weights.name,
-      "weights_sha256": self.extractor.weights.sha256,
-      "reference": self.reference.description,
-      "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    }
-
-  def header(self, num_samples: int, step: int) -> str:
-    return (
-      f"Step {step}: {num_samples} samples per generator; reference: "
-      f"{self.reference.description}; Inception: {self.extractor.weights.name}"
-    )
-
-
-def selection(select: str, weights: weights_lib.InceptionWeights) -> tuple[str, str]:
-  """(metric, mode) of the best checkpoint for config.eval.select and these weights.
-
-  Raises:
-    ConfigError: the selected metric needs logits that the weights do not have.
-  """
-  chosen = configlib.parse_select(select)
-  if chosen is None:  # auto: the paper's "highest point of IS", else the best FID
-    return ("is", "max") if weights.has_logits else ("fid", "min")
-  if chosen[0] == "is" and not weights.has_logits:
-    raise ConfigError(
-      f"config.eval.select={select!r} needs IS, but the Inception weights {weights.name} "
-      "have no logits; use 'fid:min' or 'auto', or the full weights"
-    )
-  return chosen
-
-
-def make_training_evaluator(config, images: np.ndarray) -> TrainingEvaluator | None:
-  """The evaluator for a run, or None (with the reason logged) when metrics are off."""
-  if not config.eval.enabled:
-    logging.info("IS/FID are off (config.eval.enabled=False).")
-    return None
-  try:
-    weights = weights_lib.load_weights(config.eval.inception_weights)
-  except weights_lib.WeightsUnavailable as e:
-    logging.warning(
-      "IS/FID are off: no Inception weights (%s). To turn them on offline, put %s at %s "
-      "or set config.eval.inception_weights=PATH.",
-      e,
-      weights_lib.FULL_FILENAME,
-      weights_lib.expected_full_path(),
-    )
-    return None
-  if not weights.has_logits:
-    logging.warning(
-      "IS is unavailable: %s has no classifier logits; only FID is computed. For IS, put "
-      "%s at %s or set config.eval.inception_weights=PATH.",
-      weights.name,
-      weights_lib.FULL_FILENAME,
-      weights_lib.expected_full_path(),
-    )
-  return TrainingEvaluator(config, images, InceptionExtractor(weights, config.eval.batch_size))

@@ -1,4 +1,7 @@
-"""Inception Score and Fréchet Inception Distance, in float64 on the host.
+"""Inception Score, Fréchet Inception Distance, KID, precision/recall, density/coverage.
+
+IS, FID and KID are computed in float64 on the host; the nearest-neighbour metrics
+(precision/recall, density/coverage) in blocks of rows on the device (see below).
 
 IS (Salimans et al., 2016): the samples are cut into `splits` equal consecutive parts;
 for each, `exp(mean_x KL(p(y|x) || p(y)))` with `p(y)` the part's mean prediction; the
@@ -21,7 +24,10 @@ rounding makes slightly negative are clipped to 0.
 """
 
 import dataclasses
+import functools
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 from scipy import linalg, special
 
@@ -131,3 +137,141 @@ def statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   """features [n, d] -> (mu [d], sigma [d, d]) in float64, as pytorch-fid."""
   f = np.asarray(features, np.float64)
   return f.mean(axis=0), np.cov(f, rowvar=False)
+
+
+# ---------------------------------------------------------------------------------------
+# Metrics of the features themselves (the generated set against the reference's features).
+
+KID_SUBSETS = 100
+KID_SUBSET_SIZE = 1000
+PR_NEAREST_K = 3  # improved precision/recall, Kynkäänniemi et al. 2019
+DC_NEAREST_K = 5  # density/coverage, Naeem et al. 2020
+NN_BLOCK = 1024  # rows per block of the nearest-neighbour distances on the device
+
+
+def kernel_inception_distance(
+  features1,
+  features2,
+  num_subsets: int = KID_SUBSETS,
+  subset_size: int = KID_SUBSET_SIZE,
+  seed: int = 0,
+) -> tuple[float, float]:
+  """KID (Bińkowski et al., 2018): mean ± std over `num_subsets` random subsets of the
+  unbiased MMD² with the cubic polynomial kernel k(x, y) = (x.y / d + 1)^3, in float64.
+
+  As torch-fidelity and clean-fid: each subset draws `subset_size` rows of each set without
+  replacement (`np.random.RandomState(seed)`; fewer when a set is smaller), and
+  MMD² = (sum K_xx - tr) / (m (m - 1)) + (sum K_yy - tr) / (m (m - 1)) - 2 sum K_xy / m².
+  """
+  x = np.asarray(features1, np.float64)
+  y = np.asarray(features2, np.float64)
+  if x.ndim != 2 or y.ndim != 2 or x.shape[1] != y.shape[1]:
+    raise ValueError(f"features differ in shape: {x.shape} vs {y.shape}")
+  m = min(len(x), len(y), subset_size)
+  if m < 2:
+    raise ValueError(f"KID needs at least 2 samples on each side, got {len(x)} and {len(y)}")
+  d = x.shape[1]
+  rng = np.random.RandomState(seed)
+  values = []
+  for _ in range(num_subsets):
+    a = x[rng.choice(len(x), m, replace=False)]
+    b = y[rng.choice(len(y), m, replace=False)]
+    kxx = (a @ a.T / d + 1) ** 3
+    kyy = (b @ b.T / d + 1) ** 3
+    kxy = (a @ b.T / d + 1) ** 3
+    values.append(
+      (kxx.sum() - np.trace(kxx)) / (m * (m - 1))
+      + (kyy.sum() - np.trace(kyy)) / (m * (m - 1))
+      - 2 * kxy.sum() / m**2
+    )
+  return float(np.mean(values)), float(np.std(values))
+
+
+@functools.partial(jax.jit, static_argnames=("k",))
+def _kth_smallest_sq(block, points, k: int):
+  """The k-th smallest squared distance from each row of `block` to `points` (itself
+  included when `block` is part of `points`)."""
+  d2 = _sq_distances(block, points)
+  return -jax.lax.top_k(-d2, k)[0][:, -1]
+
+
+def _sq_distances(a, b):
+  """Squared euclidean distances [len(a), len(b)] in float32 at full matmul precision."""
+  dot = jnp.matmul(a, b.T, precision=jax.lax.Precision.HIGHEST)
+  na = jnp.sum(a * a, axis=1)[:, None]
+  nb = jnp.sum(b * b, axis=1)[None, :]
+  return jnp.maximum(na + nb - 2 * dot, 0.0)
+
+
+@jax.jit
+def _against_balls(block, centres, radii_sq):
+  """Per row of `block`: whether it lies inside any ball (centre, radius) and in how many."""
+  inside = _sq_distances(block, centres) < radii_sq[None, :]
+  return jnp.any(inside, axis=1), jnp.sum(inside, axis=1)
+
+
+@jax.jit
+def _nearest_sq(block, points):
+  return jnp.min(_sq_distances(block, points), axis=1)
+
+
+def _blocks(fn, rows, *args, block: int = NN_BLOCK):
+  """`fn(rows[i:i + block], *args)` over all rows, each block padded to one shape (one
+  compile), the outputs concatenated on the host: never a [len(rows), n] matrix."""
+  outs = []
+  for start in range(0, len(rows), block):
+    part = rows[start : start + block]
+    n = len(part)
+    if n < block:
+      part = jnp.concatenate([part, jnp.broadcast_to(part[:1], (block - n, part.shape[1]))])
+    out = fn(part, *args)
+    outs.append(jax.tree_util.tree_map(lambda o, n=n: np.asarray(o)[:n], out))
+  return jax.tree_util.tree_map(lambda *o: np.concatenate(o), *outs)
+
+
+def _centred(real, fake):
+  """Both sets on the device in float32, shifted by the real mean (distances unchanged,
+  the float32 expansion |a|² + |b|² - 2 a.b loses less to cancellation)."""
+  real = np.asarray(real, np.float64)
+  fake = np.asarray(fake, np.float64)
+  if real.ndim != 2 or fake.ndim != 2 or real.shape[1] != fake.shape[1]:
+    raise ValueError(f"features differ in shape: {real.shape} vs {fake.shape}")
+  mean = real.mean(axis=0)
+  return jnp.asarray(real - mean, jnp.float32), jnp.asarray(fake - mean, jnp.float32)
+
+
+def nearest_neighbour_radii_sq(points, k: int, block: int = NN_BLOCK) -> np.ndarray:
+  """Squared distance from each point to its k-th nearest other point (prdc's radii)."""
+  if len(points) <= k:
+    raise ValueError(f"nearest_k={k} needs more than {k} points, got {len(points)}")
+  return _blocks(lambda b, p: _kth_smallest_sq(b, p, k + 1), points, points, block=block)
+
+
+def precision_recall(
+  real, fake, nearest_k: int = PR_NEAREST_K, block: int = NN_BLOCK
+) -> dict[str, float]:
+  """Improved precision and recall (Kynkäänniemi et al., 2019), as `prdc.compute_prdc`:
+  precision is the share of generated points inside the k-NN ball of some real point,
+  recall the share of real points inside the k-NN ball of some generated point."""
+  real, fake = _centred(real, fake)
+  real_r = jnp.asarray(nearest_neighbour_radii_sq(real, nearest_k, block))
+  fake_r = jnp.asarray(nearest_neighbour_radii_sq(fake, nearest_k, block))
+  in_real, _ = _blocks(_against_balls, fake, real, real_r, block=block)
+  in_fake, _ = _blocks(_against_balls, real, fake, fake_r, block=block)
+  return {"precision": float(np.mean(in_real)), "recall": float(np.mean(in_fake))}
+
+
+def density_coverage(
+  real, fake, nearest_k: int = DC_NEAREST_K, block: int = NN_BLOCK
+) -> dict[str, float]:
+  """Density and coverage (Naeem et al., 2020), as `prdc.compute_prdc`: density counts the
+  real k-NN balls around each generated point (/ k, averaged), coverage is the share of
+  real points whose nearest generated point lies inside their own ball."""
+  real, fake = _centred(real, fake)
+  real_r = nearest_neighbour_radii_sq(real, nearest_k, block)
+  _, counts = _blocks(_against_balls, fake, real, jnp.asarray(real_r), block=block)
+  nearest = _blocks(_nearest_sq, real, fake, block=block)
+  return {
+    "density": float(np.mean(counts) / nearest_k),
+    "coverage": float(np.mean(nearest < real_r)),
+  }

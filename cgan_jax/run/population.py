@@ -53,8 +53,8 @@ from jax.sharding import NamedSharding, PartitionSpec
 from cgan_jax import configlib
 from cgan_jax.core import steps
 from cgan_jax.errors import ConfigError
-from cgan_jax.quality import evaluator as evaluator_lib
 from cgan_jax.run import builder, checkpointing, generate, input_pipeline, parallel, train, writers
+from cgan_jax.run import evaluation as evaluator_lib
 from cgan_jax.run import scores as scores_lib
 
 # Fields in which the members of one population may differ: traced step inputs (gates,

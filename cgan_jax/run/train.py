@@ -23,8 +23,8 @@ from absl import logging
 from cgan_jax import configlib
 from cgan_jax.core import state as state_lib
 from cgan_jax.errors import ConfigError, check_writable
-from cgan_jax.quality import evaluator as evaluator_lib
 from cgan_jax.run import builder, checkpointing, generate, input_pipeline, writers
+from cgan_jax.run import evaluation as evaluator_lib
 from cgan_jax.run import scores as scores_lib
 from cgan_jax.run import stop as stop_lib
 

@@ -35,7 +35,11 @@ def define_flags() -> None:
   flags.DEFINE_string("study_dir", None, "Folder of the study: journal, trials/, report.")
   flags.DEFINE_string("storage", "", "RDB URL shared by several hosts (default: DIR/journal.log).")
   flags.DEFINE_integer("workers", 1, "Worker processes on this machine.")
-  flags.DEFINE_enum("objective", None, ["is", "fid"], "Overrides config.search.objective.")
+  flags.DEFINE_string(
+    "objective",
+    None,
+    "Overrides config.search.objective: a metric of the registry (is, fid, kid, ...).",
+  )
   flags.DEFINE_integer("top", 10, "report: how many graphs best.csv/best.md list.")
   flags.DEFINE_string("out", None, "report: output folder (default: --study_dir).")
   flags.DEFINE_string("study_name", None, "report: the study's name (default: the only one).")
@@ -65,9 +69,13 @@ def check_weights(config) -> None:
       f"config.search.objective={objective!r} needs Inception weights, but "
       f"config.eval.inception_weights={spec!r} is unavailable ({str(e).splitlines()[0]})"
     ) from None
-  if objective == "is" and not weights.has_logits:
+  from cgan_jax.quality import registry
+
+  if registry.LOGITS in registry.get(objective, "config.search.objective").needs and not (
+    weights.has_logits
+  ):
     raise ConfigError(
-      f"config.search.objective='is' needs the full Inception weights with logits, but "
+      f"config.search.objective={objective!r} needs the full Inception weights with logits, but "
       f"config.eval.inception_weights={spec!r} gave {weights.name} (pool3 only): put "
       f"pt_inception-2015-12-05-6726825d.pth at {weights_lib.expected_full_path()} or search "
       f"with --objective=fid"

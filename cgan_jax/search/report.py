@@ -26,6 +26,7 @@ import optuna  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
 from cgan_jax.core import gates as gates_lib  # noqa: E402
+from cgan_jax.quality import registry  # noqa: E402
 from cgan_jax.search import study as study_lib  # noqa: E402
 
 # gate -> (colour, line style, label): cutoff is drawn faint, as an edge that passes nothing.
@@ -38,14 +39,24 @@ GATE_STYLE = {
 assert set(GATE_STYLE) == set(gates_lib.GATE_NAMES)
 
 
+def _label(name: str) -> str:
+  """A metric's display label from the registry ('IS', 'KID', ...)."""
+  return registry.METRICS[name].label if name in registry.METRICS else name.upper()
+
+
 def _metric_columns(trials) -> list[tuple[str, int, str]]:
-  """(column, generator index, metric) for the metrics the best records hold."""
+  """(column, generator index, key) for the registry's metrics (and their spreads) that the
+  best records hold."""
   cols = []
   k = max((len(t.user_attrs.get("best", {}).get("generators", [])) for t in trials), default=0)
+  keys = [key for n in ("is", "fid", *registry.names()) for key in (n, f"{n}_std")]
+  keys = list(dict.fromkeys(keys))
   for i in range(k):
-    for metric in ("is", "is_std", "fid"):
-      if any(metric in t.user_attrs.get("best", {}).get("generators", [{}] * k)[i] for t in trials):
-        cols.append((f"G{i + 1} {metric.upper().replace('_STD', ' std')}", i, metric))
+    for key in keys:
+      if any(key in t.user_attrs.get("best", {}).get("generators", [{}] * k)[i] for t in trials):
+        name = key.removesuffix("_std")
+        label = _label(name) + (" std" if key.endswith("_std") else "")
+        cols.append((f"G{i + 1} {label}", i, key))
   return cols
 
 
@@ -94,7 +105,7 @@ def write_tables(study: optuna.Study, out_dir: str, top: int) -> tuple[str, str]
   rule = "its last evaluation" if space.get("select") == "last" else "its best evaluation"
   surplus = f" ({n_surplus} surplus, dropped before training)" if n_surplus else ""
   lines = [
-    f"# Search {study.study_name!r}: the top {len(table)} graphs by {objective.upper()}",
+    f"# Search {study.study_name!r}: the top {len(table)} graphs by {_label(objective)}",
     "",
     f"{c['finished']} finished trials ({c['complete']} complete, {c['pruned']} pruned), "
     f"{c['fail']} failed, {c['running']} running{surplus}. k = {space.get('k')}, gates from "
@@ -102,7 +113,7 @@ def write_tables(study: optuna.Study, out_dir: str, top: int) -> tuple[str, str]
     f"{space.get('eval_samples')} samples per generator every "
     f"{space.get('eval_every_epochs')} epochs; objective: the "
     f"{'best generator' if not space.get('generator') else 'G' + str(space.get('generator'))}'s "
-    f"{objective.upper()} at {rule} (eval_epoch). {graphs['distinct']} distinct graphs "
+    f"{_label(objective)} at {rule} (eval_epoch). {graphs['distinct']} distinct graphs "
     f"trained; {graphs['reused']} finished trials drew a graph already trained and reused "
     f"its result. gates_transfer: row t = teacher G_t, column s = student G_s.",
     "",
@@ -218,9 +229,9 @@ def draw_figure7(study: optuna.Study, path: str, compare=()) -> str:
   """A box per transfer method over the finished trials of `study` and of the studies in
   `compare` (which must share its objective); duplicates of a graph count once."""
   space = study.user_attrs.get("space", {})
-  objective = space.get("objective", "objective").upper()
+  objective = _label(space.get("objective", "objective"))
   for other in compare:
-    theirs = other.user_attrs.get("space", {}).get("objective", "objective").upper()
+    theirs = _label(other.user_attrs.get("space", {}).get("objective", "objective"))
     if theirs != objective:
       raise ValueError(
         f"--compare: study {other.study_name!r} ranks by {theirs}, this one by {objective}"
@@ -269,7 +280,7 @@ def write_report(study: optuna.Study, out_dir: str, top: int = 10, compare=()) -
   best = study_lib.best_trials(study, 1)[0]
   space = study.user_attrs.get("space", {})
   title = (
-    f"Best graph: trial {best.number}, {space.get('objective', '').upper()} {best.value:.3f}\n"
+    f"Best graph: trial {best.number}, {_label(space.get('objective', ''))} {best.value:.3f}\n"
     f"transfer: {best.user_attrs.get('transfer', '')}"
   )
   graph = draw_graph(

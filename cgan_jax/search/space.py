@@ -16,7 +16,14 @@ from cgan_jax.core import gates as gates_lib
 from cgan_jax.core import graph as graph_lib
 from cgan_jax.errors import ConfigError, choice_error
 
-OBJECTIVES = {"is": "maximize", "fid": "minimize"}
+
+def objectives() -> dict[str, str]:
+  """{metric: 'maximize'|'minimize'}: every metric of the registry can be the objective."""
+  from cgan_jax.quality import registry
+
+  return {name: m.optuna_direction for name, m in registry.METRICS.items()}
+
+
 SAMPLERS = ("random", "tpe")
 PRUNERS = ("none", "successive_halving", "hyperband")
 SELECTS = ("best", "last")
@@ -51,8 +58,8 @@ def validate(config) -> None:
       raise choice_error("config.search.transfer_methods", t, methods)
   if s.select not in SELECTS:
     raise choice_error("config.search.select", s.select, SELECTS)
-  if s.objective not in OBJECTIVES:
-    raise choice_error("config.search.objective", s.objective, tuple(OBJECTIVES))
+  if s.objective not in objectives():
+    raise choice_error("config.search.objective", s.objective, tuple(objectives()))
   if s.sampler not in SAMPLERS:
     raise choice_error("config.search.sampler", s.sampler, SAMPLERS)
   if s.pruner not in PRUNERS:
@@ -119,7 +126,12 @@ def trial_config(config, params: dict) -> ml_collections.ConfigDict:
   c.eval.num_samples = s.eval_samples
   c.eval.final_num_samples = s.eval_samples
   c.eval.every_epochs = s.eval_every_epochs
-  c.eval.select = "is:max" if s.objective == "is" else "fid:min"
+  from cgan_jax.quality import registry
+
+  c.eval.select = f"{s.objective}:{registry.get(s.objective).direction}"
+  # The objective is computed at every evaluation, beside the config's other metrics.
+  chosen = [n for n in configlib.eval_metrics(c).split(",") if n.strip() not in ("", "auto")]
+  c.eval.metrics = ",".join(dict.fromkeys(["auto", *chosen, s.objective]))
   # A killed trial resumes from its last evaluation; only the newest checkpoint is needed.
   c.checkpoint.every_epochs = s.eval_every_epochs
   c.checkpoint.keep = 1
@@ -135,7 +147,7 @@ def objective_value(record: dict, objective: str, generator: int) -> float:
   values = [g[objective] for g in record["generators"]]
   if generator:
     return values[generator - 1]
-  return max(values) if objective == "is" else min(values)
+  return _metric(objective).best(values)
 
 
 def chosen_record(records: list[dict], search) -> dict | None:
@@ -153,7 +165,13 @@ def best_record(records: list[dict], objective: str, generator: int) -> dict | N
   if not scored:
     return None
   key = lambda r: objective_value(r, objective, generator)  # noqa: E731
-  return max(scored, key=key) if objective == "is" else min(scored, key=key)
+  return max(scored, key=key) if _metric(objective).direction == "max" else min(scored, key=key)
+
+
+def _metric(name: str):
+  from cgan_jax.quality import registry
+
+  return registry.get(name, "config.search.objective")
 
 
 def retrain_command(

@@ -355,7 +355,7 @@ def space_description(config) -> dict:
 def create_or_load(config, study_dir: str, storage, config_spec: str, overrides: list[str]):
   """Creates the study (or loads it) and checks that it is the same search."""
   s = config.search
-  direction = space.OBJECTIVES[s.objective]
+  direction = space.objectives()[s.objective]
   study = optuna.create_study(
     study_name=s.study_name, storage=storage, direction=direction, load_if_exists=True
   )
