@@ -185,10 +185,11 @@ def selection(select: str, weights: weights_lib.InceptionWeights) -> tuple[str, 
   chosen = configlib.parse_select(select)
   if chosen is None:  # auto: the paper's "highest point of IS", else the best FID
     return ("is", "max") if weights.has_logits else ("fid", "min")
-  if registry.LOGITS in registry.METRICS[chosen[0]].needs and not weights.has_logits:
+  metric = registry.METRICS[chosen[0]]
+  if registry.LOGITS in metric.needs and not weights.has_logits:
     raise ConfigError(
-      f"config.eval.select={select!r} needs IS, but the Inception weights {weights.name} "
-      "have no logits; use 'fid:min' or 'auto', or the full weights"
+      f"config.eval.select={select!r} needs {metric.label}, but the Inception weights "
+      f"{weights.name} have no logits; use 'fid:min' or 'auto', or the full weights"
     )
   return chosen
 

@@ -126,9 +126,7 @@ def trial_config(config, params: dict) -> ml_collections.ConfigDict:
   c.eval.num_samples = s.eval_samples
   c.eval.final_num_samples = s.eval_samples
   c.eval.every_epochs = s.eval_every_epochs
-  from cgan_jax.quality import registry
-
-  c.eval.select = f"{s.objective}:{registry.get(s.objective).direction}"
+  c.eval.select = f"{s.objective}:{_metric(s.objective).direction}"
   # The objective is computed at every evaluation, beside the config's other metrics.
   chosen = [n for n in configlib.eval_metrics(c).split(",") if n.strip() not in ("", "auto")]
   c.eval.metrics = ",".join(dict.fromkeys(["auto", *chosen, s.objective]))
