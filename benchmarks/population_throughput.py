@@ -125,13 +125,14 @@ def make_stepper(config, size: int, num_images: int):
   indices = [
     program.put_index(rng.integers(0, num_images, (size, b)).astype(np.int32), b) for _ in range(4)
   ]
+  active = program.put_active([True] * size)
   holder = {"states": states}
 
   def time_round(n: int) -> float:
     states = holder.pop("states")
     t0 = time.perf_counter()
     for i in range(n):
-      states, metrics = compiled(states, images, indices[i % 4], hparams)
+      states, metrics = compiled(states, images, indices[i % 4], hparams, active)
     jax.block_until_ready((states, metrics))
     seconds = (time.perf_counter() - t0) / max(n, 1)
     holder["states"] = states

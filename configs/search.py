@@ -38,8 +38,10 @@ with `python -m cgan_jax.main`) plus `config.search`:
   keep_checkpoints   keep a finished trial's checkpoints (a 64 px k=3 state is 162 MB;
                      1,500 of them would fill a disk); they are always kept while it runs
   population         trials a worker trains together as one population (one compiled step
-                     for all of them, `run/population.py`); 1 = one trial at a time. Pays on
-                     a GPU with conv_impl='matmul' (benchmarks/README.md), not on 2 CPU cores
+                     for all of them, `run/population.py`); 1 = one trial at a time. A slot
+                     whose trial ends (complete, pruned, diverged) is told at once and
+                     refilled with a newly asked trial from its own step 0. Pays on a GPU
+                     with conv_impl='matmul' (benchmarks/README.md), not on 2 CPU cores
   heartbeat_s, grace_s   a running trial proves it is alive every heartbeat_s; one silent
                      for grace_s is failed and re-queued (at most max_retry times)
 """

@@ -15,7 +15,7 @@ from cgan_jax.core import models
 from cgan_jax.errors import ConfigError
 from cgan_jax.run import builder, checkpointing, generate, population, train
 
-from .conftest import ROOT, tiny_config
+from .conftest import ROOT, TINY_EVAL, tiny_config
 
 GATES_3 = [
   # (gates_d, gates_transfer, alpha, g_lr) for k = 2: three different graphs
@@ -243,3 +243,65 @@ def test_restore_at_a_common_step(tmp_path):
     cfg.num_epochs = 2
   results = population.train_population(configs, dirs)
   assert [int(r.state.step) for r in results] == [8, 8]
+
+
+def _bitwise_equal(a, b, what):
+  for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(a), jax.tree.leaves(b), strict=True):
+    np.testing.assert_array_equal(
+      np.asarray(x), np.asarray(y), err_msg=f"{what} {jax.tree_util.keystr(path)}"
+    )
+
+
+@pytest.mark.parametrize("member_map", ["vmap"])  # the stacked form: one kernel for all slots
+def test_a_refilled_slot_starts_fresh_and_the_others_are_unaffected(
+  member_map, tmp_path, monkeypatch
+):
+  """P = 3 for two epochs; member 1 is stopped (as a search prunes) after epoch 1 and its
+  slot is refilled with a new run (another seed and graph): that run starts from its own
+  fresh state at its own step 0 and equals its solo run; members 0 and 2 end bit for bit
+  as in the population where nothing was stopped."""
+  if member_map == "vmap":
+    monkeypatch.setattr(models, "conv_grads_vmap", "batched")
+    builder.clear_programs()
+    population.clear_programs()
+  over = dict(population__member_map=member_map, **TINY_EVAL)
+  configs = _members("proposed", [0, 1, 2], GATES_3, **over)
+  for c in configs:
+    c.num_epochs = 2
+  plain = population.train_population(configs, [str(tmp_path / f"plain{m}") for m in range(3)])
+
+  newcomer = _members("proposed", [7], [GATES_3[2]], **over)[0]
+  newcomer.num_epochs = 2
+  handed = []
+
+  def prune(m, record):
+    return m == 1 and record["step"] == 4 and not handed
+
+  def refill(m, result):
+    # Every run that ends before the population does is handed on: here the pruned one,
+    # then (each at its step 8) members 0 and 2, then the newcomer. Only slot 1 is refilled.
+    handed.append((m, result))
+    return (newcomer, str(tmp_path / "newcomer")) if len(handed) == 1 else None
+
+  dirs = [str(tmp_path / f"pop{m}") for m in range(3)]
+  results = population.train_population(configs, dirs, callbacks=[prune], refill=refill)
+  # The pruned run was handed on at its step 4; then the newcomer's end was handed on too.
+  assert [(m, r.stopped, int(r.state.step)) for m, r in handed] == [
+    (1, "callback", 4),
+    (0, None, 8),
+    (2, None, 8),
+    (1, None, 8),
+  ]
+  assert results == [None, None, None]  # every run was handed on
+  for m, result in handed[1:3]:
+    _bitwise_equal(result.state, plain[m].state, f"member {m}")
+    fids = lambda records: [[g["fid"] for g in r["generators"]] for r in records]  # noqa: E731
+    assert fids(result.scores) == fids(plain[m].scores)
+  newcomer_result = handed[3][1]
+  solo = train.train_and_evaluate(newcomer, str(tmp_path / "solo"))
+  _assert_states_close(newcomer_result.state, solo.state, "the newcomer")
+  # Its workdir is a normal run's: scores at its own epochs 1 and 2, checkpoints 4 and 8.
+  assert [r["step"] for r in newcomer_result.scores] == [4, 8]
+  assert sorted(checkpointing.make_manager(str(tmp_path / "newcomer"), 3).all_steps()) == [4, 8]
+  # The pruned run stopped at its step 4 (no later checkpoint or score).
+  assert sorted(checkpointing.make_manager(dirs[1], 3).all_steps()) == [4]

@@ -844,8 +844,9 @@ def test_two_workers_share_one_study_on_postgresql(tmp_path, postgres):
 @needs_fid_weights
 def test_a_worker_trains_trials_as_populations_and_prunes_members_alone(tmp_path, monkeypatch):
   """3 trials with population=2: trials 0 and 1 train as one population, each reported to
-  its own trial; trial 0 is pruned after its first evaluation and the other member goes on;
-  trial 2 (the study's last) trains alone."""
+  its own trial; trial 0 is pruned after its first evaluation and told at once, the other
+  member goes on, and trial 2 (the study's last) takes the pruned trial's slot from its
+  own step 0."""
   c = smoke_config(num_trials=3, population=2, num_epochs=2)
   c.num_epochs = 2
   space.validate(c)
@@ -867,7 +868,7 @@ def test_a_worker_trains_trials_as_populations_and_prunes_members_alone(tmp_path
   t0, t1, t2 = study.trials[:3]
   assert t0.user_attrs["population"] == {"size": 2, "trials": "0, 1"}
   assert t1.user_attrs["population"] == t0.user_attrs["population"]
-  assert t2.user_attrs["population"] == {"size": 1, "trials": "2"}
+  assert t2.user_attrs["population"] == {"size": 2, "slot": 0, "refill": True}
   assert t0.state == TrialState.PRUNED and list(t0.intermediate_values) == [1]
   assert t1.state == TrialState.COMPLETE and list(t1.intermediate_values) == [1, 2]
   assert t2.state == TrialState.COMPLETE
@@ -883,7 +884,9 @@ def test_a_worker_trains_trials_as_populations_and_prunes_members_alone(tmp_path
     size = t.user_attrs["population"]["size"]
     assert all(r.get("population", {"size": 1})["size"] == size for r in records)
   assert t1.value == pytest.approx(min(t1.intermediate_values.values()))
-  assert t0.user_attrs["train_s"] > 0 and t0.user_attrs["wall_s"] == t1.user_attrs["wall_s"]
+  # Each trial's share of the population's training time; the pruned one trained least.
+  assert 0 < t0.user_attrs["train_s"] < t1.user_attrs["train_s"]
+  assert t0.datetime_complete <= t2.datetime_start < t1.datetime_complete  # told, then refilled
 
 
 @needs_fid_weights
@@ -922,7 +925,7 @@ def test_kill_9_mid_population_resumes_it_from_its_checkpoint(tmp_path):
   assert r.returncode == 0, _problems(r)
   # From its checkpoint (step 4, or 8 if it got that far), not from step 0; an evaluation
   # the kill cut off is made first.
-  assert re.search(r"Resumed the population from step (4|8)\.", r.stdout + r.stderr), _problems(r)
+  assert re.search(r"Resumed the population from steps? (4|8)", r.stdout + r.stderr), _problems(r)
   study = load_study(tmp_path)
   states = [t.state for t in study.trials]
   assert states.count(TrialState.COMPLETE) + states.count(TrialState.PRUNED) == n, states
@@ -940,3 +943,33 @@ def test_kill_9_mid_population_resumes_it_from_its_checkpoint(tmp_path):
       .splitlines()
     ]
     assert [r["epoch"] for r in records] == [1, 2, 3]  # epoch 1 from the killed process
+
+
+@needs_fid_weights
+def test_two_population_workers_on_the_journal_finish_the_study_without_duplicates(tmp_path):
+  """Issue 26: 2 workers with population=2 on the journal store: exactly num_trials trials
+  finish, each in a workdir of its own, each trained by one worker; slots of trials that end
+  are refilled, and no trial is left running or failed."""
+  n = 5
+  r = search_cli(
+    tmp_path, "--workers=2", f"--config.search.num_trials={n}", "--config.search.population=2"
+  )
+  assert r.returncode == 0, _problems(r)
+  study = load_study(tmp_path)
+  states = [t.state for t in study.trials]
+  finished = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+  assert len(finished) == n, states
+  assert TrialState.RUNNING not in states and TrialState.WAITING not in states
+  assert all(study_lib.SURPLUS in t.user_attrs for t in study.trials if t.state == TrialState.FAIL)
+  trained = [t for t in finished if "duplicate_of" not in t.user_attrs]
+  assert len({t.user_attrs["workdir"] for t in trained}) == len(trained)
+  assert all(t.user_attrs["population"]["size"] == 2 for t in trained), [
+    t.user_attrs.get("population") for t in trained
+  ]
+  for t in trained:  # one worker trained it: its scores are one run's, epoch after epoch
+    records = [
+      json.loads(line)
+      for line in open(os.path.join(t.user_attrs["workdir"], "scores.jsonl")).read().splitlines()
+    ]
+    epochs = [r["epoch"] for r in records]
+    assert epochs == sorted(set(epochs)), (t.number, epochs)

@@ -22,6 +22,15 @@ What a member is:
     run workdir: checkpoints, scores.jsonl, sample grids, config.json, TensorBoard files
     that `sample`, `evaluate`, `analyze` and a solo resume accept.
 
+Slots and refills: each member keeps its own step (its data order, gate progress,
+checkpoints, evaluations and workdir follow it), so members need not be at one step. A
+member that stops (a search prunes its trial, or its loss diverges with on_diverge='drop')
+is no longer evaluated or checkpointed and its updates are masked (the step's `active`
+input: its state stays as it was). With `refill`, a slot whose run ends hands itself to a
+new run of the same structure at once: fresh state, its own step 0, while the other
+members go on bit for bit as they would have (no kernel mixes members). A resume restores
+each member at its own latest checkpoint.
+
 How the members are mapped (`config.population.member_map`, `configlib.population_member_map`):
 'vmap' (`jax.vmap` over the stacked member axis: one kernel per operation for all members),
 'unroll' (a Python loop over the stacked members inside the one jitted step) or
@@ -171,9 +180,10 @@ class PopulationProgram:
       [P, ...]) or 'sequential' (the solo step once per member, states a list).
     shared_images: whether all members train on one image array ([N, h, w, 3]) or each
       on its own (synthetic data, which depends on the seed).
-    step: jitted step(states, images, index, hparams) -> (states, metrics), the states
-      donated: for the stacked maps over [P, ...] inputs (index [P, b]), metrics with a
-      leading P axis; for 'sequential' the solo step of one member (index [b]).
+    step: jitted step(states, images, index, hparams, active) -> (states, metrics), the
+      states donated: for the stacked maps over [P, ...] inputs (index [P, b], active a bool
+      [P] whose False rows keep their state: a stopped member, an empty slot), metrics with
+      a leading P axis; for 'sequential' the solo step of one member (index [b]).
     traces: how many times `step` was traced.
   """
 
@@ -231,6 +241,21 @@ class PopulationProgram:
       self.index_sharding, local_index, (self.size, batch_size)
     )
 
+  def put_active(self, active):
+    """The step's mask: a bool [P] on the devices (stacked maps) or a host list."""
+    if not self.stacked:
+      return [bool(a) for a in active]
+    return jax.device_put(np.asarray(active, bool), self.solo.replicated)
+
+  def set_member(self, states, m: int, state):
+    """`states` with member m's slot replaced by `state` (a refill); `states` is donated."""
+    if not self.stacked:
+      states = list(states)
+      states[m] = jax.device_put(state, self.solo.state_shardings)
+      return states
+    out = _set_member(states, jnp.int32(m), state)
+    return jax.device_put(out, self.state_shardings)
+
   def member_state(self, states, m: int):
     return member(states, m) if self.stacked else states[m]
 
@@ -264,7 +289,13 @@ class PopulationProgram:
       ),
       builder.step_hparams(config, 1),
     )
-    return (sds(states, self.state_shardings), images, index, hp)
+    active = jax.ShapeDtypeStruct(lead, jnp.bool_, sharding=self.solo.replicated)
+    return (sds(states, self.state_shardings), images, index, hp, active)
+
+
+@jax.jit
+def _set_member(states, m, state):
+  return jax.tree.map(lambda a, s: jax.lax.dynamic_update_index_in_dim(a, s, m, 0), states, state)
 
 
 _PROGRAMS: dict[tuple, PopulationProgram] = {}
@@ -289,17 +320,23 @@ def build(config, size: int, *, shared_images: bool = True, mesh=None) -> Popula
 
     image_axis = None if shared_images else 0
 
-    def population_step(states, images, index, hparams):
+    def population_step(states, images, index, hparams, active):
       traces["step"] = traces.get("step", 0) + 1  # runs only while tracing
-      if how == "sequential":
+      if how == "sequential":  # the host skips an inactive member's step
         return one(states, images, index, hparams)
       if how == "vmap":
-        return jax.vmap(one, in_axes=(0, image_axis, 0, 0))(states, images, index, hparams)
-      outs = [
-        one(member(states, m), images if shared_images else images[m], index[m], member(hparams, m))
-        for m in range(size)
-      ]
-      return stack([o[0] for o in outs]), stack([o[1] for o in outs])
+        new, metrics = jax.vmap(one, in_axes=(0, image_axis, 0, 0))(states, images, index, hparams)
+      else:
+        outs = [
+          one(
+            member(states, m), images if shared_images else images[m], index[m], member(hparams, m)
+          )
+          for m in range(size)
+        ]
+        new, metrics = stack([o[0] for o in outs]), stack([o[1] for o in outs])
+      # A stopped member's (or an empty slot's) update is masked: its state stays as it was.
+      keep = lambda n, o: jnp.where(active.reshape((-1,) + (1,) * (n.ndim - 1)), n, o)  # noqa: E731
+      return jax.tree.map(keep, new, states), metrics
 
     shardings = solo.state_shardings
     if how != "sequential":
@@ -372,9 +409,9 @@ def compile_step(program: PopulationProgram, config, num_images: int):
   """The population step compiled ahead of time, and its memory needs.
 
   Returns:
-    (run, estimate): run(states, images, index, hparams) -> (states, metrics) advances
-    every member by one step (metrics: {name: [P, ...]} for the stacked maps, a list of
-    per-member dicts for 'sequential'); estimate: a `MemoryEstimate`.
+    (run, estimate): run(states, images, index, hparams, active) -> (states, metrics)
+    advances every active member by one step (metrics: {name: [P, ...]} for the stacked
+    maps, a list of per-member dicts for 'sequential'); estimate: a `MemoryEstimate`.
   """
   args = program.abstract_inputs(config, num_images)
   lowered = program.step.lower(*args)
@@ -392,19 +429,23 @@ def compile_step(program: PopulationProgram, config, num_images: int):
   run = compiled
   if not program.stacked:  # one member's step, run P times; P states held at once
     size = program.size
-    per_member = _nbytes(args[0]) + _nbytes(args[2:])  # state, index, hparams
+    per_member = _nbytes(args[0]) + _nbytes(args[2:4])  # state, index, hparams
     if not program.shared_images:
       per_member += _nbytes(args[1])
     total_args += (size - 1) * per_member
     state_bytes *= size
     flops *= size
 
-    def run(states, images, index, hparams):
-      outs = [
-        compiled(states[m], images if program.shared_images else images[m], index[m], hparams[m])
-        for m in range(size)
-      ]
-      return [o[0] for o in outs], [o[1] for o in outs]
+    true = jax.device_put(np.bool_(True), program.solo.replicated)
+
+    def run(states, images, index, hparams, active):
+      states, metrics = list(states), [None] * size
+      for m in range(size):
+        if active[m]:
+          im = images if program.shared_images else images[m]
+          states[m], metrics[m] = compiled(states[m], im, index[m], hparams[m], true)
+      fill = next((x for x in metrics if x is not None), None)
+      return states, [fill if x is None else x for x in metrics]  # inactive rows: ignored
 
   gb = float(configlib.population_field(config, "memory_limit_gb", 0.0) or 0.0)
   limit, device = device_memory_bytes(program.solo.mesh.devices.flat[0])
@@ -441,7 +482,7 @@ def check_fits(estimate: MemoryEstimate, size: int) -> None:
 
 @dataclasses.dataclass
 class _Member:
-  """The host-side part of one member: its workdir and what writes there."""
+  """The host-side part of the run in one slot: its workdir, what writes there, its steps."""
 
   config: Any
   workdir: str
@@ -453,107 +494,349 @@ class _Member:
   eval_key: Any = None
   grid_z: Any = None
   last_good: int | None = None
-  # Why this member stopped before the population: 'callback' (a callback asked, e.g. a
-  # search pruned its trial) or 'diverged' (on_diverge='drop'); None while it trains.
+  # Its own step (its solo run's): members need not be at one step; a refilled slot's run
+  # starts at 0 while the others go on. Its data order and gate progress follow it.
+  step: int = 0
+  first_step: int = 0
+  order: Any = None
+  order_epoch: int = -1
+  # Why this run stopped before its last step: 'callback' (a callback asked, e.g. a search
+  # pruned its trial) or 'diverged' (on_diverge='drop'); None while it trains.
   stopped: str | None = None
   stopped_at: int | None = None
   diverged: str = ""
+  joined: float = 0.0  # time.perf_counter() when it joined the population
+  train_s: float = 0.0  # its share of the population's training seconds
+  ended: bool = False  # its result was handed on: the slot is empty (masked)
 
 
-def _check_finite(program, history, step: int, members, on_diverge: str = "raise") -> None:
-  """Raises `TrainingDiverged` for the first member with a non-finite loss, or with
-  on_diverge='drop' marks it stopped ('diverged') and lets the others go on."""
-  if not history:
-    return
-  fetched = [program.metrics_by_member(h) for h in jax.device_get(history)]
-  for i, metrics in enumerate(fetched):
-    for m, mem in enumerate(members):
-      if mem.stopped is not None:
+class _PopulationLoop:
+  """The epoch loop of a population whose slots can be refilled (`train_population`).
+
+  Every slot holds one run; each run has its own step, so a run that stops (pruned,
+  diverged) or finishes can hand its slot to a fresh run (`refill`) at once while the others
+  go on undisturbed: their inputs, hence their numbers, do not depend on the other slots.
+  """
+
+  def __init__(self, program, compiled, config, spe, callbacks, refill, on_diverge, shared):
+    self.program, self.compiled, self.config = program, compiled, config
+    self.spe, self.total = spe, spe * config.num_epochs
+    self.callbacks, self.refill, self.on_diverge = callbacks, refill, on_diverge
+    self.shared = shared
+    self.members: list[_Member] = []
+    self.states = self.images_dev = self.hparams = None
+    self.hparams_list: list = []
+    self.results: list = []
+    self.history: list = []  # (metrics, active slots) of the steps not yet logged
+    self.stop = None
+    self.stopped = None
+    self.t_start = time.perf_counter()
+    self.t_mark, self.eval_total, self.eval_mark = self.t_start, 0.0, 0.0
+    self.evaluator0 = None
+
+  # -- slots ------------------------------------------------------------------------------
+
+  def open(self, c, wd, evaluator, images):
+    """A `_Member` for config c in wd, and its state (restored from wd if it has one)."""
+    init_key, eval_key = jax.random.split(jax.random.PRNGKey(c.seed))
+    state = self.program.solo.init_state(c, init_key)
+    mem = _Member(
+      config=c,
+      workdir=wd,
+      evaluator=evaluator,
+      images=images,
+      eval_key=eval_key,
+      grid_z=generate.latents(jax.random.fold_in(eval_key, 0), c.eval.num_grid, c.model.z_dim),
+      joined=time.perf_counter(),
+    )
+    os.makedirs(wd, exist_ok=True)
+    train.write_config(wd, c)
+    mem.manager = checkpointing.make_manager(wd, c.checkpoint.keep)
+    for sub in (checkpointing.LATEST_DIR, checkpointing.BEST_DIR):
+      checkpointing.remove_temporary(os.path.join(wd, sub))
+    restored = checkpointing.restore_latest(mem.manager, state, wd)
+    if restored is not None:
+      state, mem.step = restored
+      mem.last_good = mem.step
+    mem.first_step = mem.step
+    return mem, state
+
+  def start_outputs(self, mem) -> None:
+    mem.writer = writers.make_writer(mem.workdir, just_logging=jax.process_index() > 0)
+    mem.writer.write_hparams(train._flatten_hparams(mem.config))
+    if mem.evaluator is not None:
+      mem.best_manager = checkpointing.make_best_manager(mem.workdir, mem.evaluator.selection[1])
+
+  def replace(self, m: int, c, wd) -> None:
+    """Slot m takes a new run (config c, workdir wd): its fresh (or restored) state, its
+    hyperparameters and, for synthetic data of another seed, its images."""
+    check_members([self.config, c])
+    train.check_workdir(wd, c)
+    if self.shared:
+      if c.data.source == "synthetic" and c.seed != self.config.seed:
+        raise ConfigError(
+          f"config.seed: a refill with synthetic data of seed {c.seed} needs its own images, "
+          f"but this population shares seed {self.config.seed}'s"
+        )
+      images, evaluator = self.members[0].images, self.evaluator0
+    else:
+      images = input_pipeline.load_images(c)
+      evaluator = evaluator_lib.make_training_evaluator(c, images)
+      if self.program.stacked:
+        rows = np.array(jax.device_get(self.images_dev))
+        rows[m] = images
+        self.images_dev = jax.device_put(rows, self.program.solo.replicated)
+      else:
+        self.images_dev[m] = jax.device_put(images, self.program.solo.replicated)
+    mem, state = self.open(c, wd, evaluator, images)
+    self.start_outputs(mem)
+    self.states = self.program.set_member(self.states, m, state)
+    self.hparams_list[m] = builder.step_hparams(c, self.spe)
+    self.hparams = self.program.put_hparams(self.hparams_list)
+    self.members[m] = mem
+    logging.info("Slot %d: %s joins the population at its step %d.", m, wd, mem.step)
+    self.catch_up(m)
+
+  def active(self) -> list[int]:
+    return [
+      m
+      for m, mem in enumerate(self.members)
+      if not mem.ended and mem.stopped is None and mem.step < self.total
+    ]
+
+  def end(self, m: int, final: bool = False) -> None:
+    """Run m ended (finished, stopped or, with `final`, the population ended): its summary
+    and result; then, unless final, its slot is refilled (or left empty)."""
+    mem = self.members[m]
+    if mem.ended:
+      return
+    mem.ended = True
+    checkpointing.close(mem.manager)
+    checkpointing.close(mem.best_manager)
+    mem.writer.close()
+    records = scores_lib.read(mem.workdir)
+    mine = self.stopped if mem.stopped is None else mem.stopped
+    end = mem.step if mem.stopped_at is None else mem.stopped_at
+    seconds = time.perf_counter() - mem.joined
+    train._summary(mem.workdir, mem.first_step, end, self.total, seconds, records, mine)
+    result = train.RunResult(
+      self.program.member_state(self.states, m), records, mine, mem.diverged, mem.train_s
+    )
+    if final or self.refill is None:
+      self.results[m] = result
+      return
+    self.results[m] = None
+    following = self.refill(m, result)
+    if following is not None:
+      self.replace(m, *following)
+
+  def catch_up(self, m: int) -> None:
+    """A run that joined (or resumed) at an epoch boundary whose evaluation a killed process
+    did not finish is evaluated first; a finished one ends at once."""
+    mem = self.members[m]
+    if mem.step > 0 and self.is_eval_boundary(mem.step) and mem.evaluator is not None:
+      if not any(r.get("step") == mem.step for r in scores_lib.read(mem.workdir)):
+        logging.info(
+          "%s: evaluating step %d, which a previous process did not.", mem.workdir, mem.step
+        )
+        self.evaluate(m)
+    if mem.step >= self.total or mem.stopped is not None:
+      self.end(m)
+
+  # -- the loop ---------------------------------------------------------------------------
+
+  def is_eval_boundary(self, step: int) -> bool:
+    every = self.config.eval.every_epochs
+    return step % self.spe == 0 and (step // self.spe % every == 0 or step >= self.total)
+
+  def index(self, active, local: int, offset: int):
+    b = self.config.train.batch_size
+    rows = np.zeros((len(self.members), local), np.int32)
+    for m in active:
+      mem = self.members[m]
+      epoch, t = divmod(mem.step, self.spe)
+      if mem.order_epoch != epoch:
+        mem.order = input_pipeline.epoch_permutation(len(mem.images), mem.config.seed, epoch)
+        mem.order_epoch = epoch
+      rows[m] = mem.order[t * b + offset :][:local]
+    return self.program.put_index(rows, b)
+
+  def flush(self) -> list[int]:
+    """Checks and logs the steps since the last flush; shares their time among the runs
+    that trained. Returns the slots whose run diverged (on_diverge='drop')."""
+    now = time.perf_counter()
+    window = max(now - self.t_mark - (self.eval_total - self.eval_mark), 0.0)
+    self.t_mark, self.eval_mark = now, self.eval_total
+    if not self.history:
+      return []
+    fetched = [self.program.metrics_by_member(h) for h, _ in jax.device_get(self.history)]
+    actives = [a for _, a in self.history]
+    self.history = []
+    per_step = window / len(fetched)
+    diverged = []
+    for m, mem in enumerate(self.members):
+      mine = [i for i, a in enumerate(actives) if m in a]
+      if not mine or mem.ended:
         continue
-      bad = [n for n in ("d_loss", "g_loss") if not np.all(np.isfinite(metrics[n][m]))]
-      if bad:
+      mem.train_s += sum(per_step / len(actives[i]) for i in mine)
+      for i in mine:
+        bad = [n for n in ("d_loss", "g_loss") if not np.all(np.isfinite(fetched[i][n][m]))]
+        if not bad:
+          continue
+        at = mem.step - (len(mine) - 1 - mine.index(i))
         where = (
           f"its last good checkpoint (step {mem.last_good}) is kept"
           if mem.last_good is not None
           else "no checkpoint was written"
         )
         message = (
-          f"population member {m} ({mem.workdir}): non-finite {', '.join(bad)} at step "
-          f"{step - len(fetched) + i + 1}; "
+          f"population member {m} ({mem.workdir}): non-finite {', '.join(bad)} at step {at}; "
         )
-        if on_diverge == "raise":
+        if self.on_diverge == "raise":
           raise train.TrainingDiverged(message + f"stopping all members; {where}")
-        mem.stopped, mem.stopped_at = "diverged", step
-        mem.diverged = message + where
+        mem.stopped, mem.stopped_at, mem.diverged = "diverged", mem.step, message + where
         logging.warning("%s; the other members go on.", mem.diverged)
+        diverged.append(m)
+        break
+      mean = {n: np.mean([fetched[i][n][m] for i in mine], axis=0) for n in fetched[0]}
+      mem.writer.write_scalars(mem.step, train._flatten_metrics(mean))
+    return diverged
 
+  def save(self, m: int) -> None:
+    mem = self.members[m]
+    checkpointing.save(mem.manager, mem.step, self.program.member_state(self.states, m))
+    mem.last_good = mem.step
 
-def _log(program, history, step: int, members) -> None:
-  if not history:
-    return
-  fetched = [program.metrics_by_member(h) for h in jax.device_get(history)]
-  mean = {name: np.mean([h[name] for h in fetched], axis=0) for name in fetched[0]}
-  for m, mem in enumerate(members):
-    mem.writer.write_scalars(step, train._flatten_metrics({n: v[m] for n, v in mean.items()}))
-
-
-def _restore(members, states_list):
-  """Restores every member at the newest step all of them have; None when none has one.
-
-  Raises:
-    ConfigError: some members have checkpoints and others none, or no common step.
-  """
-  restored = [
-    checkpointing.restore_latest(mem.manager, s, mem.workdir)
-    for mem, s in zip(members, states_list, strict=True)
-  ]
-  have = [r is not None for r in restored]
-  if not any(have):
-    return None
-  if not all(have):
-    where = ", ".join(
-      f"{mem.workdir}: {'step ' + str(r[1]) if r else 'none'}"
-      for mem, r in zip(members, restored, strict=True)
+  def evaluate(self, m: int) -> None:
+    """Member m's sample grids and evaluation at its step; its callbacks may stop it."""
+    mem, config = self.members[m], self.config
+    step, last = mem.step, mem.step >= self.total
+    state = self.program.member_state(self.states, m)
+    train.write_sample_grids(
+      mem.writer, mem.workdir, self.program.solo.generate, state, mem.grid_z, step, config.model.k
     )
-    raise ConfigError(
-      f"the population's workdirs are at different points ({where}); train the new members "
-      "in a workdir of their own, or resume the old ones without them"
-    )
-  step = min(r[1] for r in restored)
-  out = []
-  for mem, s, r in zip(members, states_list, restored, strict=True):
-    if r[1] == step:
-      out.append(r[0])
-      continue
-    if step not in mem.manager.all_steps():
-      raise ConfigError(
-        f"{mem.workdir} has no checkpoint at step {step}, where the other members are; "
-        "resume its members separately"
+    if mem.evaluator is None:
+      return
+    num = config.eval.final_num_samples if last else config.eval.num_samples
+    t_eval = time.perf_counter()
+    key = jax.random.fold_in(mem.eval_key, 1)
+    stop = self.stop
+    try:
+      scores = mem.evaluator.evaluate(
+        self.program.solo.generate, state, key, num, should_stop=lambda: stop.received is not None
       )
-    logging.warning("%s: resuming from step %d, the population's common step.", mem.workdir, step)
-    out.append(checkpointing.restore_at(mem.manager, step, s))
-  return out, step
+    finally:
+      self.eval_total += time.perf_counter() - t_eval
+    train.log_scores(mem.writer, mem.evaluator, scores, step, num)
+    record = mem.evaluator.record(scores, step=step, epoch=step // self.spe, num_samples=num)
+    record.update(
+      final=last,
+      eval_s=round(time.perf_counter() - t_eval, 2),
+      process_s=round(time.perf_counter() - self.t_start, 2),
+      population={"size": len(self.members), "member": m},
+    )
+    if jax.process_index() == 0:
+      scores_lib.append(mem.workdir, record)
+    train.save_best(mem.best_manager, mem.evaluator, scores, step, state)
+    if any([bool(cb(m, record)) for cb in self.callbacks]) and not last:
+      mem.stopped, mem.stopped_at = "callback", step
+
+  def epoch_end(self, m: int) -> None:
+    mem = self.members[m]
+    last = mem.step >= self.total
+    if mem.step // self.spe % self.config.checkpoint.every_epochs == 0 or last:
+      self.save(m)
+    if self.is_eval_boundary(mem.step):
+      self.evaluate(m)
+    if last or mem.stopped is not None:
+      self.end(m)
+
+  def run(self, report) -> None:
+    config = self.config
+    b = config.train.batch_size
+    local = b // jax.process_count()
+    offset = jax.process_index() * local
+    gstep = 0
+    with train._StopSignal() as stop:
+      self.stop = stop
+      if stop.received is not None:  # before anything was trained: nothing to save
+        self.stopped = stop.received
+        logging.warning("Received %s before training started: stopping.", self.stopped)
+        return
+      try:
+        for m in range(len(self.members)):
+          self.catch_up(m)
+        while stop.received is None:
+          active = self.active()
+          if not active:
+            break
+          index = self.index(active, local, offset)
+          mask = self.program.put_active([m in active for m in range(len(self.members))])
+          self.states, metrics = self.compiled(
+            self.states, self.images_dev, index, self.hparams, mask
+          )
+          gstep += 1
+          for m in active:
+            self.members[m].step += 1
+          self.history.append((metrics, tuple(active)))
+          if gstep == 1:
+            jax.block_until_ready(metrics)
+            stop.arm()
+          boundary = [m for m in active if self.members[m].step % self.spe == 0]
+          if gstep % config.train.log_every_steps == 0 or boundary:
+            for m in self.flush():
+              self.end(m)
+          report.total = gstep + max(
+            (self.total - mem.step for mem in self.members if not mem.ended), default=0
+          )
+          report(gstep)
+          if stop.received is not None:
+            break
+          for m in boundary:
+            if not self.members[m].ended and self.members[m].stopped is None:
+              self.epoch_end(m)
+        if stop.received is not None:
+          self.stopped = stop.received
+          logging.warning("Received %s: saving checkpoints and exiting.", self.stopped)
+          self.flush()
+          for m in self.active():
+            if self.members[m].last_good != self.members[m].step:
+              self.save(m)
+      except evaluator_lib.EvaluationInterrupted:
+        self.stopped = stop.received
+        train._log_interrupted_evaluation(self.stopped, max(mem.step for mem in self.members))
+        self.flush()
+        for m in self.active():
+          if self.members[m].last_good != self.members[m].step:
+            self.save(m)
 
 
 def train_population(
-  configs, workdirs, callbacks=(), root=None, on_diverge: str = "raise"
+  configs, workdirs, callbacks=(), root=None, on_diverge: str = "raise", refill=None
 ) -> list[train.RunResult]:
   """Trains (or resumes) P runs as one population; member m's run lives in workdirs[m].
 
   Args:
     configs: one config per member (`member_configs`); see `check_members`.
     workdirs: one workdir per member.
-    callbacks: called as callback(m, record) after member m's evaluation; True stops
-      member m (a search pruned its trial): from then on it is neither evaluated nor
-      checkpointed, and its result says 'callback'. Its slot still computes (a member
-      axis of fixed size); the population ends early once every member has stopped.
+    callbacks: called as callback(m, record) after slot m's evaluation; True stops that
+      run (a search pruned its trial): from then on it is neither evaluated nor
+      checkpointed, its updates are masked, and its result says 'callback'.
     root: where to write `population.json` (the CLI's --workdir), or None.
     on_diverge: 'raise' (a member's non-finite loss stops all members with
       `TrainingDiverged`) or 'drop' (that member stops: its result's `stopped` is
       'diverged' and its `detail` says where; the others go on).
+    refill: None, or refill(m, result) -> (config, workdir) | None, called when slot m's
+      run ends before the population does (finished, stopped by a callback, diverged);
+      it gets that run's `RunResult` and may give the slot a new run of the same
+      structure, which starts from its own fresh state (or its workdir's checkpoint) and its
+      own step 0, with its own data order and gate progress, while the other members go on
+      bit for bit as they would have. None leaves the slot empty (masked).
 
   Returns:
-    One `train.RunResult` per member.
+    One `train.RunResult` per slot for the run in it when the population ended (None for
+    a slot whose last run was handed to `refill`). Each member resumes from its own latest
+    checkpoint; members need not be at one step.
 
   Raises:
     ConfigError: before anything is written; TrainingDiverged: a member's loss became
@@ -569,7 +852,9 @@ def train_population(
   for c, wd in zip(configs, workdirs, strict=True):
     train.check_workdir(wd, c)
 
-  shared = config.data.source != "synthetic" or len({c.seed for c in configs}) == 1
+  shared = config.data.source != "synthetic" or (
+    len({c.seed for c in configs}) == 1 and refill is None
+  )
   member_images = [input_pipeline.load_images(c) for c in (configs[:1] if shared else configs)]
   num_images = len(member_images[0])
   program = build(config, size, shared_images=shared)
@@ -590,7 +875,6 @@ def train_population(
     estimate.limit_bytes / 2**30,
     estimate.device,
   )
-
   evaluators = [evaluator_lib.make_training_evaluator(config, member_images[0])]
   if not shared:
     evaluators += [
@@ -598,194 +882,42 @@ def train_population(
       for c, im in zip(configs[1:], member_images[1:], strict=True)
     ]
   spe = input_pipeline.steps_per_epoch(num_images, config.train.batch_size)
-  total_steps = spe * config.num_epochs
-
-  members, init_states = [], []
-  for m, (c, wd) in enumerate(zip(configs, workdirs, strict=True)):
-    init_key, eval_key = jax.random.split(jax.random.PRNGKey(c.seed))
-    init_states.append(program.solo.init_state(c, init_key))
-    members.append(
-      _Member(
-        config=c,
-        workdir=wd,
-        evaluator=evaluators[0 if shared else m],
-        images=member_images[0 if shared else m],
-        eval_key=eval_key,
-        grid_z=generate.latents(jax.random.fold_in(eval_key, 0), c.eval.num_grid, c.model.z_dim),
-      )
-    )
+  loop = _PopulationLoop(program, compiled, config, spe, callbacks, refill, on_diverge, shared)
+  loop.evaluator0 = evaluators[0]
   if root is not None:
     write_population_file(root, configs, workdirs)
-  for mem in members:
-    os.makedirs(mem.workdir, exist_ok=True)
-    train.write_config(mem.workdir, mem.config)
-    mem.manager = checkpointing.make_manager(mem.workdir, mem.config.checkpoint.keep)
-    for sub in (checkpointing.LATEST_DIR, checkpointing.BEST_DIR):
-      checkpointing.remove_temporary(os.path.join(mem.workdir, sub))
-
-  restored = _restore(members, init_states)
-  step = 0
-  pending_eval: set[int] = set()
-  if restored is not None:
-    init_states, step = restored
-    for mem in members:
-      mem.last_good = step
-    # Checkpoints are saved before the epoch's evaluation: the members a killed process
-    # did not evaluate at this step are evaluated first (no training is repeated).
-    if step % spe == 0 and (step // spe % config.eval.every_epochs == 0 or step >= total_steps):
-      pending_eval = {
-        m
-        for m, mem in enumerate(members)
-        if mem.evaluator is not None
-        and not any(r.get("step") == step for r in scores_lib.read(mem.workdir))
-      }
-    if step >= total_steps and not pending_eval:
-      for mem in members:
-        mem.manager.close()
-      logging.info("The population is already finished (step %d of %d).", step, total_steps)
-      return [
-        train.RunResult(s, scores_lib.read(mem.workdir), None)
-        for mem, s in zip(members, init_states, strict=True)
-      ]
-    logging.info("Resumed the population from step %d.", step)
-  states = program.put_states(init_states)
+  init_states = []
+  for m, (c, wd) in enumerate(zip(configs, workdirs, strict=True)):
+    mem, state = loop.open(c, wd, evaluators[0 if shared else m], member_images[0 if shared else m])
+    loop.members.append(mem)
+    init_states.append(state)
+  steps_at = sorted({mem.step for mem in loop.members})
+  if steps_at != [0]:
+    logging.info(
+      "Resumed the population from step %s.",
+      steps_at[0] if len(steps_at) == 1 else "s " + ", ".join(map(str, steps_at)),
+    )
+  loop.states = program.put_states(init_states)
   del init_states
-  images_dev = program.put_images(member_images)
-  hparams = program.put_hparams([builder.step_hparams(c, spe) for c in configs])
-  for mem in members:
-    mem.writer = writers.make_writer(mem.workdir, just_logging=jax.process_index() > 0)
-    mem.writer.write_hparams(train._flatten_hparams(mem.config))
-    if mem.evaluator is not None:
-      mem.best_manager = checkpointing.make_best_manager(mem.workdir, mem.evaluator.selection[1])
-
-  report = writers.make_progress(total_steps, config.train.log_every_steps)
-  first_step = step
-  history: list[dict] = []
-  t_start = time.perf_counter()
-  stopped = None
-  b = config.train.batch_size
-  local = b // jax.process_count()
-  offset = jax.process_index() * local
-
-  def save_checkpoints():
-    nonlocal history
-    _check_finite(program, history, step, members, on_diverge)
-    _log(program, history, step, members)
-    history = []
-    for m, mem in enumerate(members):
-      if mem.stopped is None:
-        checkpointing.save(mem.manager, step, program.member_state(states, m))
-        mem.last_good = step
-
-  def evaluate(only=None) -> bool:
-    last = step >= total_steps
-    for m, mem in enumerate(members):
-      if mem.stopped is not None or (only is not None and m not in only):
-        continue
-      state = program.member_state(states, m)
-      train.write_sample_grids(
-        mem.writer, mem.workdir, program.solo.generate, state, mem.grid_z, step, config.model.k
-      )
-      if mem.evaluator is None:
-        continue
-      num = config.eval.final_num_samples if last else config.eval.num_samples
-      t_eval = time.perf_counter()
-      key = jax.random.fold_in(mem.eval_key, 1)
-      scores = mem.evaluator.evaluate(
-        program.solo.generate, state, key, num, should_stop=lambda: stop.received is not None
-      )
-      train.log_scores(mem.writer, mem.evaluator, scores, step, num)
-      record = mem.evaluator.record(scores, step=step, epoch=step // spe, num_samples=num)
-      record.update(
-        final=last,
-        eval_s=round(time.perf_counter() - t_eval, 2),
-        process_s=round(time.perf_counter() - t_start, 2),
-        population={"size": size, "member": m},
-      )
-      if jax.process_index() == 0:
-        scores_lib.append(mem.workdir, record)
-      train.save_best(mem.best_manager, mem.evaluator, scores, step, state)
-      if any([bool(cb(m, record)) for cb in callbacks]) and not last:
-        mem.stopped, mem.stopped_at = "callback", step
-    return all(mem.stopped is not None for mem in members) and not last
-
-  with train._StopSignal() as stop:
-    try:
-      if stop.received is not None:  # before anything was trained: nothing to save
-        stopped = stop.received
-        logging.warning("Received %s before training started: stopping.", stopped)
-      elif pending_eval:
-        logging.info(
-          "Evaluating step %d of member(s) %s, which the previous process did not finish.",
-          step,
-          ", ".join(str(m) for m in sorted(pending_eval)),
-        )
-        try:
-          if evaluate(pending_eval):
-            stopped = "callback"
-        except evaluator_lib.EvaluationInterrupted:
-          stopped = stop.received
-          train._log_interrupted_evaluation(stopped, step)
-      while step < total_steps and stopped is None:
-        epoch, start = divmod(step, spe)
-        orders = [
-          input_pipeline.epoch_permutation(len(mem.images), mem.config.seed, epoch)
-          for mem in members
-        ]
-        for t in range(start, spe):
-          index = np.stack([o[t * b + offset :][:local] for o in orders]).astype(np.int32)
-          index = program.put_index(index, b)
-          states, metrics = compiled(states, images_dev, index, hparams)
-          step += 1
-          history.append(metrics)
-          if step == first_step + 1:
-            jax.block_until_ready(metrics)
-            stop.arm()
-          if step % config.train.log_every_steps == 0:
-            _check_finite(program, history, step, members, on_diverge)
-            if all(mem.stopped is not None for mem in members):
-              break
-            _log(program, history, step, members)
-            history = []
-          report(step)
-          if stop.received is not None:
-            break
-        if stop.received is not None:
-          stopped = stop.received
-          logging.warning("Received %s at step %d: saving checkpoints and exiting.", stopped, step)
-          save_checkpoints()
-          break
-        if all(mem.stopped is not None for mem in members):
-          stopped = "callback"
-          break
-        if step // spe % config.checkpoint.every_epochs == 0 or step >= total_steps:
-          save_checkpoints()
-        if not (step // spe % config.eval.every_epochs == 0 or step >= total_steps):
-          continue
-        try:
-          wants_stop = evaluate()
-        except evaluator_lib.EvaluationInterrupted:
-          stopped = stop.received
-          train._log_interrupted_evaluation(stopped, step)
-          if any(mem.last_good != step for mem in members):
-            save_checkpoints()
-          break
-        if wants_stop:
-          stopped = "callback"
-    finally:
-      for mem in members:
+  loop.images_dev = program.put_images(member_images)
+  loop.hparams_list = [builder.step_hparams(c, spe) for c in configs]
+  loop.hparams = program.put_hparams(loop.hparams_list)
+  loop.results = [None] * size
+  for mem in loop.members:
+    loop.start_outputs(mem)
+  report = writers.make_progress(spe * config.num_epochs, config.train.log_every_steps)
+  try:
+    loop.run(report)
+  except BaseException:
+    for mem in loop.members:
+      if not mem.ended:
         checkpointing.close(mem.manager)
         checkpointing.close(mem.best_manager)
-  results = []
-  seconds = time.perf_counter() - t_start
-  for m, mem in enumerate(members):
-    mem.writer.close()
-    records = scores_lib.read(mem.workdir)
-    mine = stopped if mem.stopped is None else mem.stopped
-    end = step if mem.stopped_at is None else mem.stopped_at
-    train._summary(mem.workdir, first_step, end, total_steps, seconds, records, mine)
-    results.append(train.RunResult(program.member_state(states, m), records, mine, mem.diverged))
-  return results
+        mem.writer.close()
+    raise
+  for m in range(size):
+    loop.end(m, final=True)
+  return loop.results
 
 
 def write_population_file(workdir: str, configs, workdirs) -> None:

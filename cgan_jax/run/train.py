@@ -62,12 +62,15 @@ class RunResult(NamedTuple):
       stop; the signal's name ('SIGTERM', 'SIGINT') when one arrived; 'diverged' for a
       population member dropped as diverged (`population.train_population`).
     detail: what a 'diverged' member's message said; '' otherwise.
+    train_s: a population member's share of the population's training seconds; None for
+      a solo run.
   """
 
   state: state_lib.GANState
   scores: list[dict]
   stopped: str | None
   detail: str = ""
+  train_s: float | None = None
 
 
 class TrainingDiverged(RuntimeError):

@@ -186,8 +186,22 @@ class Heartbeat:
     self._thread = threading.Thread(target=self._run, daemon=True, name="heartbeat")
     self._thread.start()
 
+  def set(self, numbers: list[int]) -> None:
+    """Beats for `numbers` from now on (a population's slot refilled): the files of trials
+    no longer held are removed, the others never go missing."""
+    if self._thread is None:
+      self.start(numbers)
+      return
+    paths = [heartbeat_path(self.study_dir, n) for n in numbers]
+    gone = [p for p in self.paths if p not in paths]
+    self.paths = paths
+    self._beat()
+    for path in gone:
+      with contextlib.suppress(FileNotFoundError):
+        os.remove(path)
+
   def _beat(self) -> None:
-    for path in self.paths:
+    for path in list(self.paths):
       with contextlib.suppress(OSError), open(path, "w") as f:
         f.write(str(time.time()))
 
@@ -559,12 +573,6 @@ def _structure(config) -> str:
   return json.dumps(population._flat(config), sort_keys=True, default=str)
 
 
-def _latest_step(workdir: str) -> int | None:
-  folder = os.path.join(workdir, "checkpoints")
-  steps = [int(n) for n in os.listdir(folder) if n.isdigit()] if os.path.isdir(folder) else []
-  return max(steps, default=None)
-
-
 def run_population_round(
   study: optuna.Study,
   config,
@@ -576,12 +584,14 @@ def run_population_round(
 ) -> int:
   """Asks Optuna for `size` trials and trains them as populations (config.search.population).
 
-  Trials that share a structure and a checkpoint step (new ones: none; re-queued ones:
-  where their killed population stopped) train as one population, each in its own
-  `trials/<number>/` workdir, each evaluation reported to its own trial. A pruned member
-  is no longer evaluated or checkpointed (its slot computes on until the population ends:
-  the member axis has a fixed size); a member whose loss diverges is pruned alone. Every
-  trial is told before this returns.
+  Trials that share a structure train as one population, each in its own
+  `trials/<number>/` workdir (a re-queued one resumes from its checkpoint at its own step),
+  each evaluation reported to its own trial. When a member's trial ends (complete, pruned,
+  or diverged: pruned alone) it is told at once and its slot is refilled with a newly asked
+  trial, which starts from its own fresh state and step 0 while the other members go on
+  undisturbed (`population.train_population`'s refill); a new trial of another structure
+  (a searched transfer method) waits for a population of its own after this one. The
+  round ends when the study needs no more trials. Every trial is told before this returns.
 
   Returns:
     How many trials this round finished (complete or pruned).
@@ -593,16 +603,32 @@ def run_population_round(
   from cgan_jax.run import population
 
   s = config.search
-  trials = [study.ask() for _ in range(size)]
-  for trial in trials:
-    for key, value in worker_attrs().items():
-      trial.set_user_attr(key, value)
-  if heartbeat is not None:
-    heartbeat.start([t.number for t in trials])
-  finished, interrupted, error = 0, "", None
-  try:
-    jobs, copies = [], []  # jobs: (trial, params, workdir); copies: (trial, job it repeats)
-    for trial in trials:
+  held: dict = {}  # trial number -> trial: asked and not yet told
+  state = {"finished": 0, "interrupted": "", "error": None}
+
+  def beat():
+    if heartbeat is not None:
+      heartbeat.set(sorted(held))
+
+  def tell(trial, **kwargs):
+    told = _tell(study, trial, **kwargs)
+    held.pop(trial.number, None)
+    beat()
+    state["finished"] += told and kwargs.get("state") != TrialState.FAIL
+
+  def needs_more() -> bool:
+    c = counts(study)
+    return c["finished"] + c["running"] < s.num_trials or c["waiting"] > 0
+
+  def ask():
+    """The next trainable job (trial, params, workdir, structure), or None; trials that
+    repeat a complete graph or are surplus are told here."""
+    while needs_more() and not state["interrupted"] and stop_lib.pending is None:
+      trial = study.ask()
+      held[trial.number] = trial
+      for key, value in worker_attrs().items():
+        trial.set_user_attr(key, value)
+      beat()
       if is_surplus(study, trial.number, s.num_trials):
         trial.set_user_attr(SURPLUS, "another worker started the study's last trial at once")
         logging.info(
@@ -610,99 +636,98 @@ def run_population_round(
           "same moment): dropped before training (failed as 'surplus', not counted).",
           trial.number,
         )
-        _tell(study, trial, state=TrialState.FAIL)
+        tell(trial, state=TrialState.FAIL)
         continue
       params, workdir, twin = _prepare_trial(trial, config, study_dir, config_spec, overrides)
       if twin is not None:
-        finished += _tell(study, trial, values=twin.value)
+        tell(trial, values=twin.value)
         continue
-      same = next((j for j in jobs if j[1] == params), None)
-      if same is not None:  # drawn twice in this round: trained once
-        copies.append((trial, same))
-        continue
-      jobs.append((trial, params, workdir))
-    groups: dict = {}
-    for job in jobs:
-      key = (_structure(space.trial_config(config, job[1])), _latest_step(job[2]))
-      groups.setdefault(key, []).append(job)
-    outcomes: dict[int, dict] = {}  # trial number -> tell kwargs
-    for group in groups.values():
-      if interrupted:  # not started: queued again as they are
-        for trial, _, _ in group:
-          requeue(study, study.trials[trial.number], s.max_retry + 1)
-          trial.set_user_attr(INTERRUPTED, interrupted)
-          outcomes[trial.number] = {"state": TrialState.FAIL}
-        continue
-      numbers = ", ".join(str(t.number) for t, _, _ in group)
-      where = "" if _latest_step(group[0][2]) is None else " (resumed)"
-      logging.info("Trials %s: one population of %d%s.", numbers, len(group), where)
-      configs = [space.trial_config(config, params) for _, params, _ in group]
-      workdirs = [w for _, _, w in group]
-      for trial, _, _ in group:
-        trial.set_user_attr("population", {"size": len(group), "trials": numbers})
-      pruned = [False] * len(group)
+      return trial, params, workdir, _structure(space.trial_config(config, params))
+    return None
 
-      def callback(m, record, group=group, pruned=pruned):
-        try:
-          pruned[m] = _reporter(group[m][0], config)(record)
-        except optuna.exceptions.UpdateFinishedTrialError:
-          pruned[m] = True  # taken over by another worker: stop spending on it
-        return pruned[m]
-
-      start = time.time()
-      if len(group) == 1:
-        try:
-          results = [train.train_and_evaluate(configs[0], workdirs[0], [lambda r: callback(0, r)])]
-        except train.TrainingDiverged as e:
-          results = [train.RunResult(None, [], "diverged", str(e))]
-      else:
-        results = population.train_population(
-          configs, workdirs, callbacks=[callback], on_diverge="drop"
-        )
+  def outcome(job, result, start: float) -> dict:
+    trial = job[0]
+    if result.stopped == "diverged":
+      trial.set_user_attr("diverged", result.detail)
+      return {"state": TrialState.PRUNED}
+    try:
       wall = time.time() - start
-      evals = sum(
-        float(r.get("eval_s", 0.0))
-        for res in results
-        for r in res.scores
-        if _timestamp(r) >= start - 1.0
-      )
-      share = max(wall - evals, 0.0) / len(group)  # the training all members shared
-      for (trial, _, _), result in zip(group, results, strict=True):
-        if result.stopped == "diverged":
-          trial.set_user_attr("diverged", result.detail)
-          outcomes[trial.number] = {"state": TrialState.PRUNED}
-          continue
+      return {"values": _finish_trial(trial, config, result, start, wall, result.train_s)}
+    except optuna.TrialPruned:
+      return {"state": TrialState.PRUNED}
+    except SearchInterrupted as e:
+      state["interrupted"] = state["interrupted"] or str(e)
+      trial.set_user_attr(INTERRUPTED, str(e))
+      return {"state": TrialState.FAIL}
+    except RuntimeError as e:
+      state["error"] = state["error"] or e
+      return {"state": TrialState.FAIL}
+
+  waiting: list = []  # jobs of another structure than the population in training
+  try:
+    while not state["interrupted"]:
+      jobs = []
+      while waiting and len(jobs) < size:
+        if jobs and waiting[0][3] != jobs[0][3]:
+          break
+        jobs.append(waiting.pop(0))
+      while len(jobs) < size:
+        job = ask()
+        if job is None:
+          break
+        (jobs if not jobs or job[3] == jobs[0][3] else waiting).append(job)
+      if not jobs:
+        break
+      structure = jobs[0][3]
+      slots = list(jobs)
+      starts = [time.time()] * len(slots)
+      numbers = ", ".join(str(j[0].number) for j in slots)
+      logging.info("Trials %s: one population of %d.", numbers, len(slots))
+      for job in slots:
+        job[0].set_user_attr("population", {"size": len(slots), "trials": numbers})
+
+      def callback(m, record, slots=slots):
         try:
-          value = _finish_trial(trial, config, result, start, wall, share)
-          outcomes[trial.number] = {"values": value}
-        except optuna.TrialPruned:
-          outcomes[trial.number] = {"state": TrialState.PRUNED}
-        except SearchInterrupted as e:
-          interrupted = interrupted or str(e)
-          trial.set_user_attr(INTERRUPTED, str(e))
-          outcomes[trial.number] = {"state": TrialState.FAIL}
-        except RuntimeError as e:
-          error = error or e
-          outcomes[trial.number] = {"state": TrialState.FAIL}
-    for trial, (first, _, _) in copies:
-      if first.number in outcomes and "values" in outcomes[first.number]:
-        _copy_result(study.trials[first.number], trial)
-        outcomes[trial.number] = outcomes[first.number]
-      else:  # its twin did not complete: queued again, drawn on its own later
-        requeue(study, study.trials[trial.number], s.max_retry + 1)
-        outcomes[trial.number] = {"state": TrialState.FAIL}
-    for trial in trials:
-      if trial.number in outcomes:
-        told = _tell(study, trial, **outcomes[trial.number])
-        finished += told and outcomes[trial.number].get("state") != TrialState.FAIL
+          return _reporter(slots[m][0], config)(record)
+        except optuna.exceptions.UpdateFinishedTrialError:
+          return True  # taken over by another worker: stop spending on it
+
+      def refill(m, result, slots=slots, starts=starts, structure=structure):
+        tell(slots[m][0], **outcome(slots[m], result, starts[m]))
+        while True:
+          job = waiting.pop(0) if waiting and waiting[0][3] == structure else ask()
+          if job is None:
+            return None
+          if job[3] == structure:
+            break
+          waiting.append(job)  # trained in a population of its own structure later
+        slots[m], starts[m] = job, time.time()
+        job[0].set_user_attr("population", {"size": len(slots), "slot": m, "refill": True})
+        logging.info("Trial %d takes slot %d of the population.", job[0].number, m)
+        return space.trial_config(config, job[1]), job[2]
+
+      results = population.train_population(
+        [space.trial_config(config, j[1]) for j in slots],
+        [j[2] for j in slots],
+        callbacks=[callback],
+        on_diverge="drop",
+        refill=refill,
+      )
+      for m, result in enumerate(results):
+        if result is not None:
+          tell(slots[m][0], **outcome(slots[m], result, starts[m]))
+    for job in waiting:  # a signal stopped the round before their population started
+      requeue(study, study.trials[job[0].number], s.max_retry + 1)
+      job[0].set_user_attr(INTERRUPTED, state["interrupted"] or "stopped")
+      tell(job[0], state=TrialState.FAIL)
   finally:
     if heartbeat is not None:
       heartbeat.stop()
-  if error is not None:
-    raise error
-  if interrupted:
-    raise SearchInterrupted(interrupted)
-  return finished
+  if state["error"] is not None:
+    raise state["error"]
+  if state["interrupted"]:
+    raise SearchInterrupted(state["interrupted"])
+  return state["finished"]
 
 
 def _timestamp(record: dict) -> float:
