@@ -513,8 +513,8 @@ def run_protocol(protocol: Protocol, out: str, population: bool = True) -> None:
   """Trains every run of `protocol` that is not finished yet.
 
   With `population` (the default) a method's unfinished seeds train together as one
-  population (`run.population`, method by method); seeds at different points (one
-  resumed, one fresh) train one after another. Without it, seed-major order: seed 0 of
+  population (`run.population`, method by method), each seed from its own checkpoint
+  (one resumed, one fresh: still one population). Without it, seed-major order: seed 0 of
   every method before seed 1.
   """
   if population:
@@ -569,30 +569,24 @@ def _run_population(protocol: Protocol, out: str, method: str) -> bool:
   if not seeds:
     logging.info("%s: all seeds finished, skipped.", method)
     return True
-  workdirs = [os.path.join(out, "runs", run_name(method, s)) for s in seeds]
-  groups: dict = {}
-  for seed, workdir in zip(seeds, workdirs, strict=True):
-    groups.setdefault(_latest_step(workdir), []).append((seed, workdir))
-  for step, members in groups.items():
-    where = "from step 0" if step is None else f"from step {step}"
-    logging.info(
-      "%s: seeds %s as one population (%s).", method, ",".join(str(s) for s, _ in members), where
-    )
-    configs = [run_config(protocol, method, s) for s, _ in members]
-    dirs = [w for _, w in members]
-    eta = _Eta(protocol, out, method, step, len(members))
-    with contextlib.ExitStack() as stack:
-      for w in dirs:
-        stack.enter_context(_WallClock(w))
-      if len(members) == 1:
-        train.train_and_evaluate(configs[0], dirs[0], callbacks=[eta])
-      else:
-        population.train_population(
-          configs, dirs, callbacks=[lambda m, record, eta=eta: m == 0 and eta(record)]
-        )
-    if not all(is_finished(w) for w in dirs):
-      logging.warning("%s stopped before its end; re-run the command to resume.", method)
-      return False
+  dirs = [os.path.join(out, "runs", run_name(method, s)) for s in seeds]
+  steps = [_latest_step(w) for w in dirs]
+  where = ", ".join(f"seed {s} from step {t or 0}" for s, t in zip(seeds, steps, strict=True))
+  logging.info("%s: seeds %s as one population (%s).", method, ",".join(map(str, seeds)), where)
+  configs = [run_config(protocol, method, s) for s in seeds]
+  eta = _Eta(protocol, out, method, steps[0], len(seeds))  # from member 0's evaluations
+  with contextlib.ExitStack() as stack:
+    for w in dirs:
+      stack.enter_context(_WallClock(w))
+    if len(seeds) == 1:
+      train.train_and_evaluate(configs[0], dirs[0], callbacks=[eta])
+    else:  # each member resumes at its own checkpoint
+      population.train_population(
+        configs, dirs, callbacks=[lambda m, record, eta=eta: m == 0 and eta(record)]
+      )
+  if not all(is_finished(w) for w in dirs):
+    logging.warning("%s stopped before its end; re-run the command to resume.", method)
+    return False
   return True
 
 
