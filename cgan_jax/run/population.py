@@ -741,15 +741,20 @@ class _PopulationLoop:
     if any([bool(cb(m, record)) for cb in self.callbacks]) and not last:
       mem.stopped, mem.stopped_at = "callback", step
 
-  def epoch_end(self, m: int) -> None:
-    mem = self.members[m]
-    last = mem.step >= self.total
-    if mem.step // self.spe % self.config.checkpoint.every_epochs == 0 or last:
-      self.save(m)
-    if self.is_eval_boundary(mem.step):
-      self.evaluate(m)
-    if last or mem.stopped is not None:
-      self.end(m)
+  def epoch_end(self, slots: list[int]) -> None:
+    """The epoch boundary of the runs in `slots`: every checkpoint first (written while the
+    evaluations run, as a solo run's is), then each evaluation, then the runs that ended."""
+    slots = [m for m in slots if not self.members[m].ended and self.members[m].stopped is None]
+    for m in slots:
+      mem = self.members[m]
+      if mem.step // self.spe % self.config.checkpoint.every_epochs == 0 or mem.step >= self.total:
+        self.save(m)
+    for m in slots:
+      if self.is_eval_boundary(self.members[m].step):
+        self.evaluate(m)
+    for m in slots:
+      if self.members[m].step >= self.total or self.members[m].stopped is not None:
+        self.end(m)
 
   def run(self, report) -> None:
     config = self.config
@@ -792,9 +797,8 @@ class _PopulationLoop:
           report(gstep)
           if stop.received is not None:
             break
-          for m in boundary:
-            if not self.members[m].ended and self.members[m].stopped is None:
-              self.epoch_end(m)
+          if boundary:
+            self.epoch_end(boundary)
         if stop.received is not None:
           self.stopped = stop.received
           logging.warning("Received %s: saving checkpoints and exiting.", self.stopped)
