@@ -62,7 +62,7 @@ import ml_collections
 from absl import flags, logging
 
 from cgan_jax import cli, configlib
-from cgan_jax.errors import ConfigError, choice_error
+from cgan_jax.errors import ConfigError, check_writable, choice_error
 from cgan_jax.run import scores as scores_lib
 
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
@@ -554,9 +554,9 @@ def _score_selected(protocol: Protocol, out: str) -> None:
 
 
 def _latest_step(workdir: str):
-  folder = os.path.join(workdir, "checkpoints")
-  steps = [int(n) for n in os.listdir(folder) if n.isdigit()] if os.path.isdir(folder) else []
-  return max(steps, default=None)
+  from cgan_jax.run import checkpointing
+
+  return max(checkpointing.latest_steps(workdir), default=None)
 
 
 def _run_population(protocol: Protocol, out: str, method: str) -> bool:
@@ -939,6 +939,8 @@ def main(argv):
     cli.fail(f"unexpected arguments: {' '.join(argv[1:])}")
   if not FLAGS.out:
     cli.fail("--out is required, e.g. --out=workdirs/reproduce_cpu")
+  if not FLAGS.plan_only:  # named as --out, before any run's --workdir inside it is
+    check_writable(FLAGS.out, "--out")
   protocol = select(
     PROTOCOLS[FLAGS.protocol],
     FLAGS.methods,

@@ -259,7 +259,8 @@ def test_a_refilled_slot_starts_fresh_and_the_others_are_unaffected(
   """P = 3 for two epochs; member 1 is stopped (as a search prunes) after epoch 1 and its
   slot is refilled with a new run (another seed and graph): that run starts from its own
   fresh state at its own step 0 and equals its solo run; members 0 and 2 end bit for bit
-  as in the population where nothing was stopped."""
+  as in the population where nothing was stopped. Runs at one boundary are scored together
+  and get their solo runs' scores."""
   if member_map == "vmap":
     monkeypatch.setattr(models, "conv_grads_vmap", "batched")
     builder.clear_programs()
@@ -300,6 +301,13 @@ def test_a_refilled_slot_starts_fresh_and_the_others_are_unaffected(
   newcomer_result = handed[3][1]
   solo = train.train_and_evaluate(newcomer, str(tmp_path / "solo"))
   _assert_states_close(newcomer_result.state, solo.state, "the newcomer")
+  # The plain population's three runs were scored together (their 3 x 2 generators in
+  # shared Inception passes), and each run's scores are its solo run's.
+  assert [r["population"]["evaluated_with"] for r in plain[0].scores] == [3, 3]
+  solo0 = train.train_and_evaluate(configs[0], str(tmp_path / "solo0"))
+  for ours, theirs in zip(plain[0].scores, solo0.scores, strict=True):
+    for g_ours, g_theirs in zip(ours["generators"], theirs["generators"], strict=True):
+      assert g_ours["fid"] == pytest.approx(g_theirs["fid"], rel=1e-4)
   # Its workdir is a normal run's: scores at its own epochs 1 and 2, checkpoints 4 and 8.
   assert [r["step"] for r in newcomer_result.scores] == [4, 8]
   assert sorted(checkpointing.make_manager(str(tmp_path / "newcomer"), 3).all_steps()) == [4, 8]

@@ -79,6 +79,15 @@ def test_protocol_errors_are_one_line(tmp_path):
   r = run_cli("cgan_jax.reproduce", "--protocol=tiny", f"--out={tmp_path}", "--methods=gan")
   assert r.returncode == 2 and "error: --methods='gan' is not allowed" in r.stderr
   assert not os.listdir(tmp_path)
+  # An --out that cannot be written is named as --out (not as a run's --workdir inside it).
+  (tmp_path / "file").write_text("")
+  r = run_cli("cgan_jax.reproduce", "--protocol=tiny", f"--out={tmp_path / 'file' / 'out'}")
+  assert r.returncode == 2
+  assert (
+    r.stderr.strip()
+    .splitlines()[-1]
+    .startswith(f"error: --out={str(tmp_path / 'file' / 'out')!r} cannot be created")
+  )
 
 
 def test_protocol_configs_validate():

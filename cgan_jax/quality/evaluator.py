@@ -16,6 +16,7 @@ import functools
 import hashlib
 import os
 import sys
+import time
 
 import jax
 import jax.numpy as jnp
@@ -90,6 +91,18 @@ class InceptionExtractor:
     pool3 = np.asarray(pool3[:n])
     return pool3, (np.asarray(logits[:n]) if logits is not None else None)
 
+  def many(self, images) -> tuple[np.ndarray, np.ndarray | None]:
+    """Any number of uint8 [n, h, w, 3] images, in calls of `batch_size` (the last padded):
+    how the sets of several generators, or of several population members, share each
+    Inception pass."""
+    bs = self.batch_size
+    if images.shape[0] <= bs:
+      return self(images)
+    parts = [self(images[i : i + bs]) for i in range(0, images.shape[0], bs)]
+    feats = np.concatenate([f for f, _ in parts])
+    logits = [lg for _, lg in parts if lg is not None]
+    return feats, (np.concatenate(logits) if logits else None)
+
   def extract(self, images: np.ndarray, desc: str = "Inception features"):
     """All of `images` (uint8 [n, h, w, 3]) in batches, with a progress bar."""
     feats, logits = [], []
@@ -102,15 +115,60 @@ class InceptionExtractor:
 
 
 def _progress(it, desc, total_images, extractor):
-  return tqdm(
-    it,
-    desc=desc,
-    unit="batch",
-    total=-(-total_images // extractor.batch_size),
-    file=sys.stderr,
-    leave=False,
-    dynamic_ncols=True,
-  )
+  return progress_bar(it, desc=desc, total=-(-total_images // extractor.batch_size))
+
+
+def progress_bar(iterable=None, *, desc: str, total: int, unit: str = "batch"):
+  """A tqdm bar on a terminal; elsewhere (a log file, a notebook's captured stderr, a CI
+  log) one log line every `LOG_PROGRESS_S` seconds instead, since tqdm's carriage returns
+  join there into kilobyte-long lines."""
+  if sys.stderr.isatty():
+    return tqdm(
+      iterable,
+      desc=desc,
+      unit=unit,
+      total=total,
+      file=sys.stderr,
+      leave=False,
+      dynamic_ncols=True,
+    )
+  return LoggedProgress(iterable, desc=desc, total=total, unit=unit)
+
+
+LOG_PROGRESS_S = 30.0
+
+
+class LoggedProgress:
+  """`progress_bar` off a terminal: iterate over it, or call update(); a context manager."""
+
+  def __init__(self, iterable=None, *, desc: str, total: int, unit: str = "batch"):
+    self.iterable, self.desc, self.total, self.unit = iterable, desc, total, unit
+    self.n = 0
+    self.start = self.last = time.perf_counter()
+
+  def __iter__(self):
+    for item in self.iterable:
+      yield item
+      self.update()
+
+  def update(self, n: int = 1) -> None:
+    self.n += n
+    now = time.perf_counter()
+    if now - self.last >= LOG_PROGRESS_S and self.n < self.total:
+      self.last = now
+      rate = self.n / max(now - self.start, 1e-9)
+      eta = (self.total - self.n) / max(rate, 1e-9)
+      logging.info(
+        "%s: %d/%d %s (%.0f%%), %.2f %s/s, ETA %.0f s",
+        self.desc, self.n, self.total, f"{self.unit}es" if self.unit.endswith("h") else
+        f"{self.unit}s", 100 * self.n / max(self.total, 1), rate, self.unit, eta,
+      )  # fmt: skip
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    return False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -207,13 +265,20 @@ def score_image_batches(
   num_batches: int,
   k: int,
   extractor: InceptionExtractor,
-  reference: ReferenceStats,
+  reference: "ReferenceStats | list[ReferenceStats]",
   selected: tuple[str, ...] | None = None,
   should_stop=None,
+  label: str | None = None,
 ) -> list[dict[str, float]]:
   """The selected metrics (default: FID, and IS where the weights have logits) of k image
   sets that arrive as `batches`, an iterable of uint8 [k, n, h, w, 3] (one batch of each
-  set at a time, e.g. the k generators' samples of one latent batch).
+  set at a time, e.g. the k generators' samples of one latent batch, or those of every
+  generator of several population members). Each batch's k * n images go through
+  Inception together, in as few calls of the extractor's batch size as hold them.
+
+  `reference` is one `ReferenceStats` for every set, or a list with one per set (runs
+  with references of their own, e.g. synthetic images of their own seeds). `label`
+  names the sets in the progress bar (default: "k generator(s)").
 
   `should_stop()` (optional) is asked between batches; when it says True the evaluation
   ends at once with `EvaluationInterrupted` (a preempted job must not wait for minutes of
@@ -232,19 +297,13 @@ def score_image_batches(
   features: list[list[np.ndarray]] = [[] for _ in range(k)]
   logits: list[list[np.ndarray]] = [[] for _ in range(k)]
   names = "/".join(registry.METRICS[n].label for n in selected)
-  bar = tqdm(
-    total=num_batches,
-    desc=f"{names} of {k} generator(s)",
-    unit="batch",
-    file=sys.stderr,
-    leave=False,
-  )
+  bar = progress_bar(desc=f"{names} of {label or f'{k} generator(s)'}", total=num_batches)
   with bar:
     for i, images in enumerate(batches):
       if should_stop is not None and should_stop():
         raise EvaluationInterrupted(f"after {i} of {num_batches} batches")
       n = images.shape[1]
-      feats, lg = extractor(images.reshape(k * n, *images.shape[2:]))
+      feats, lg = extractor.many(images.reshape(k * n, *images.shape[2:]))
       for g in range(k):
         stats[g].update(feats[g * n : (g + 1) * n])
         if keep_features:
@@ -252,11 +311,14 @@ def score_image_batches(
         if lg is not None:
           logits[g].append(lg[g * n : (g + 1) * n])
       bar.update()
+  references = reference if isinstance(reference, list | tuple) else [reference] * k
+  if len(references) != k:
+    raise ValueError(f"{len(references)} references for {k} image sets")
   return [
     generator_scores(
       stats[g],
       np.concatenate(logits[g]) if logits[g] else None,
-      reference,
+      references[g],
       selected,
       np.concatenate(features[g]) if features[g] else None,
     )

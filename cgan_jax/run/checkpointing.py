@@ -215,7 +215,10 @@ def restore_step(workdir: str, which: str, target):
       which = "latest"
   steps = _steps_in(directory)
   if not steps:
-    raise ConfigError(f"--checkpoint={which}: no checkpoints in {directory}")
+    corrupt = os.path.join(workdir, CORRUPT_DIR)
+    moved = sorted(os.listdir(corrupt)) if os.path.isdir(corrupt) else []
+    hint = f"; training moved unreadable ones ({', '.join(moved)}) to {corrupt}" if moved else ""
+    raise ConfigError(f"--checkpoint={which}: no checkpoints in {directory}{hint}")
   if which in ("latest", "best"):
     candidates = sorted(steps, reverse=True)
   else:
@@ -251,6 +254,12 @@ def restore_step(workdir: str, which: str, target):
   raise ConfigError(
     f"--checkpoint={which}: no readable checkpoint in {directory} ({'; '.join(failures)})"
   )
+
+
+def latest_steps(workdir: str) -> list[int]:
+  """The steps of the finished checkpoints in `workdir`'s checkpoints/ ([] if none); unlike
+  a manager's `all_steps()` it creates nothing."""
+  return sorted(_steps_in(os.path.join(workdir, LATEST_DIR)))
 
 
 def best_steps(workdir: str) -> list[int]:

@@ -11,6 +11,7 @@ import datetime
 import functools
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
@@ -57,10 +58,43 @@ def score_generators(
   generator on `num_samples` samples each (`quality.evaluator.score_image_batches`, also
   for `should_stop`).
 
-  Latents come from `key` in batches of `batch_size` (batch i uses `fold_in(key, i)`);
-  every generator gets the same latents.
+  Latents come from `key` in batches of `min(batch_size, extractor.batch_size // k)`
+  (batch i uses `fold_in(key, i)`); every generator gets the same latents.
   """
-  probe = generate_fn(g_params, g_batch_stats, generate.latents(key, 1, z_dim))
+  return score_members(
+    generate_fn,
+    [(g_params, g_batch_stats, key)],
+    num_samples,
+    z_dim,
+    extractor,
+    reference,
+    batch_size,
+    should_stop,
+    selected,
+  )[0]
+
+
+def score_members(
+  generate_fn,
+  members,
+  num_samples: int,
+  z_dim: int,
+  extractor: InceptionExtractor,
+  reference: ReferenceStats,
+  batch_size: int,
+  should_stop=None,
+  selected: tuple[str, ...] | None = None,
+) -> list[list[dict[str, float]]]:
+  """`score_generators` for several runs of one structure at once (population members):
+  `members` is a sequence of (g_params, g_batch_stats, key); `reference` is one for all,
+  or a list with one per member. Returns one list of per-generator scores per member.
+
+  Each member draws exactly the latents of its own `score_generators` call (its key, the
+  same batch sizes), so its samples are those of its solo evaluation; the M x k sets of a
+  latent batch then share the Inception passes (`quality.evaluator.score_image_batches`).
+  """
+  members = list(members)
+  probe = generate_fn(members[0][0], members[0][1], generate.latents(members[0][2], 1, z_dim))
   k = probe.shape[0]
   per_call = max(1, extractor.batch_size // k)
   chunk = min(batch_size, per_call)
@@ -69,12 +103,21 @@ def score_generators(
   def batches():
     for i in range(num_batches):
       n = min(chunk, num_samples - i * chunk)
-      z = generate.latents(jax.random.fold_in(key, i), n, z_dim)
-      yield generate_fn(g_params, g_batch_stats, z)  # uint8 [k, n, h, w, 3]
+      images = [
+        generate_fn(p, s, generate.latents(jax.random.fold_in(key, i), n, z_dim))
+        for p, s, key in members
+      ]  # each uint8 [k, n, h, w, 3]
+      yield images[0] if len(images) == 1 else jnp.concatenate(images)
 
-  return quality.score_image_batches(
-    batches(), num_batches, k, extractor, reference, selected, should_stop
+  label = None if len(members) == 1 else f"{len(members)} runs x {k} generator(s)"
+  if isinstance(reference, list | tuple):
+    if len(reference) != len(members):
+      raise ValueError(f"{len(reference)} references for {len(members)} runs")
+    reference = [r for r in reference for _ in range(k)]
+  scores = quality.score_image_batches(
+    batches(), num_batches, len(members) * k, extractor, reference, selected, should_stop, label
   )
+  return [scores[j * k : (j + 1) * k] for j in range(len(members))]
 
 
 def reference_statistics(
@@ -151,6 +194,29 @@ class TrainingEvaluator:
       self.config.model.z_dim,
       self.extractor,
       self.reference,
+      self.config.eval.batch_size,
+      should_stop,
+      self.metrics,
+    )
+
+  def evaluate_members(
+    self, generate_fn, states, keys, num_samples: int, should_stop=None, evaluators=None
+  ) -> list[list[dict[str, float]]]:
+    """`evaluate` of several states (population members) in shared Inception passes
+    (`score_members`): one list of per-generator scores per state. `evaluators` (one per
+    state, default this one for all) give each state its reference; their metrics and
+    Inception weights must be this one's."""
+    evaluators = evaluators or [self] * len(states)
+    for e in evaluators:
+      if e.metrics != self.metrics or e.extractor.weights.sha256 != self.extractor.weights.sha256:
+        raise ValueError("runs scored together need the same metrics and Inception weights")
+    return score_members(
+      generate_fn,
+      [(s.g_params, s.g_batch_stats, key) for s, key in zip(states, keys, strict=True)],
+      num_samples,
+      self.config.model.z_dim,
+      self.extractor,
+      [e.reference for e in evaluators],
       self.config.eval.batch_size,
       should_stop,
       self.metrics,

@@ -66,21 +66,13 @@ from cgan_jax.run import builder, checkpointing, generate, input_pipeline, paral
 from cgan_jax.run import evaluation as evaluator_lib
 from cgan_jax.run import scores as scores_lib
 
-# Fields in which the members of one population may differ: traced step inputs (gates,
-# alpha, learning rates, EMA decay, the gate schedule's unit) and the seed (the state's
-# keys and the data order). Everything else must be equal: it fixes the compiled step
-# (`builder.structure_key`) or the loop all members share (epochs, data, evaluation).
-MEMBER_FIELDS = (
-  "seed",
-  "graph.gates_d",
-  "graph.gates_transfer",
-  "graph.alpha",
-  "graph.progress",
-  "optim.g_lr",
-  "optim.d_lr",
-  "model.ema_decay",
-  "population",
-)
+# Fields in which the members of one population may differ (`configlib.FIELDS`' `member`):
+# traced step inputs (gates, alpha, learning rates, EMA decay, the gate schedule's unit)
+# and the seed (the state's keys and the data order). Everything else must be equal: it
+# fixes the compiled step (`builder.structure_key`) or the loop all members share (epochs,
+# data, evaluation).
+MEMBER_FIELDS = configlib.MEMBER_FIELDS
+_DIFFERING = [f for f in MEMBER_FIELDS if not f.startswith("population.")]
 POPULATION_FILE = "population.json"
 
 
@@ -147,7 +139,7 @@ def check_members(configs) -> None:
       if first.get(name) != flat.get(name):
         raise ConfigError(
           f"config.{name}: population member {i} has {flat.get(name)!r} but member 0 has "
-          f"{first.get(name)!r}; members may differ only in: {', '.join(MEMBER_FIELDS[:-1])}"
+          f"{first.get(name)!r}; members may differ only in: {', '.join(_DIFFERING)}"
         )
 
 
@@ -518,7 +510,9 @@ class _PopulationLoop:
   go on undisturbed: their inputs, hence their numbers, do not depend on the other slots.
   """
 
-  def __init__(self, program, compiled, config, spe, callbacks, refill, on_diverge, shared):
+  def __init__(
+    self, program, compiled, config, spe, callbacks, refill, on_diverge, shared, evaluator0
+  ):
     self.program, self.compiled, self.config = program, compiled, config
     self.spe, self.total = spe, spe * config.num_epochs
     self.callbacks, self.refill, self.on_diverge = callbacks, refill, on_diverge
@@ -532,7 +526,8 @@ class _PopulationLoop:
     self.stopped = None
     self.t_start = time.perf_counter()
     self.t_mark, self.eval_total, self.eval_mark = self.t_start, 0.0, 0.0
-    self.evaluator0 = None
+    self.evaluator0 = evaluator0  # the shared images' evaluator, for refills
+    self.report = None  # the progress line (`writers.ProgressLog`), while `run` runs
 
   # -- slots ------------------------------------------------------------------------------
 
@@ -639,7 +634,7 @@ class _PopulationLoop:
         logging.info(
           "%s: evaluating step %d, which a previous process did not.", mem.workdir, mem.step
         )
-        self.evaluate(m)
+        self.evaluate([m])
     if mem.step >= self.total or mem.stopped is not None:
       self.end(m)
 
@@ -707,39 +702,68 @@ class _PopulationLoop:
     checkpointing.save(mem.manager, mem.step, self.program.member_state(self.states, m))
     mem.last_good = mem.step
 
-  def evaluate(self, m: int) -> None:
-    """Member m's sample grids and evaluation at its step; its callbacks may stop it."""
-    mem, config = self.members[m], self.config
-    step, last = mem.step, mem.step >= self.total
-    state = self.program.member_state(self.states, m)
-    train.write_sample_grids(
-      mem.writer, mem.workdir, self.program.solo.generate, state, mem.grid_z, step, config.model.k
-    )
-    if mem.evaluator is None:
-      return
-    num = config.eval.final_num_samples if last else config.eval.num_samples
+  def evaluate(self, slots: list[int]) -> None:
+    """The sample grids and evaluations of the runs in `slots` at their steps; their
+    callbacks may stop them. Runs with the same sample count are scored together: their
+    M x k generators share each Inception pass (each against its own run's reference), and
+    each run's latents, hence its samples and scores, are those of its solo run."""
+    groups: dict[tuple, list[int]] = {}
+    for m in slots:
+      mem = self.members[m]
+      state = self.program.member_state(self.states, m)
+      train.write_sample_grids(
+        mem.writer,
+        mem.workdir,
+        self.program.solo.generate,
+        state,
+        mem.grid_z,
+        mem.step,
+        self.config.model.k,
+      )
+      if mem.evaluator is not None:
+        last = mem.step >= self.total
+        num = self.config.eval.final_num_samples if last else self.config.eval.num_samples
+        groups.setdefault(num, []).append(m)
+    for num, group in groups.items():
+      self._evaluate_group(group, num)
+
+  def _evaluate_group(self, group: list[int], num: int) -> None:
+    evaluator = self.members[group[0]].evaluator
+    states = [self.program.member_state(self.states, m) for m in group]
+    keys = [jax.random.fold_in(self.members[m].eval_key, 1) for m in group]
     t_eval = time.perf_counter()
-    key = jax.random.fold_in(mem.eval_key, 1)
     stop = self.stop
     try:
-      scores = mem.evaluator.evaluate(
-        self.program.solo.generate, state, key, num, should_stop=lambda: stop.received is not None
+      all_scores = evaluator.evaluate_members(
+        self.program.solo.generate,
+        states,
+        keys,
+        num,
+        should_stop=lambda: stop.received is not None,
+        evaluators=[self.members[m].evaluator for m in group],
       )
     finally:
       self.eval_total += time.perf_counter() - t_eval
-    train.log_scores(mem.writer, mem.evaluator, scores, step, num)
-    record = mem.evaluator.record(scores, step=step, epoch=step // self.spe, num_samples=num)
-    record.update(
-      final=last,
-      eval_s=round(time.perf_counter() - t_eval, 2),
-      process_s=round(time.perf_counter() - self.t_start, 2),
-      population={"size": len(self.members), "member": m},
-    )
-    if jax.process_index() == 0:
-      scores_lib.append(mem.workdir, record)
-    train.save_best(mem.best_manager, mem.evaluator, scores, step, state)
-    if any([bool(cb(m, record)) for cb in self.callbacks]) and not last:
-      mem.stopped, mem.stopped_at = "callback", step
+    eval_s = time.perf_counter() - t_eval
+    if self.report is not None:
+      self.report.evaluated(eval_s, num * len(group))
+    for m, state, scores in zip(group, states, all_scores, strict=True):
+      mem = self.members[m]
+      step, last = mem.step, mem.step >= self.total
+      train.log_scores(mem.writer, mem.evaluator, scores, step, num, eval_s / len(group))
+      record = mem.evaluator.record(scores, step=step, epoch=step // self.spe, num_samples=num)
+      record.update(
+        final=last,
+        # The shared evaluation's seconds, split evenly among the runs it scored.
+        eval_s=round(eval_s / len(group), 2),
+        process_s=round(time.perf_counter() - self.t_start, 2),
+        population={"size": len(self.members), "member": m, "evaluated_with": len(group)},
+      )
+      if jax.process_index() == 0:
+        scores_lib.append(mem.workdir, record)
+      train.save_best(mem.best_manager, mem.evaluator, scores, step, state)
+      if any([bool(cb(m, record)) for cb in self.callbacks]) and not last:
+        mem.stopped, mem.stopped_at = "callback", step
 
   def epoch_end(self, slots: list[int]) -> None:
     """The epoch boundary of the runs in `slots`: every checkpoint first (written while the
@@ -749,14 +773,26 @@ class _PopulationLoop:
       mem = self.members[m]
       if mem.step // self.spe % self.config.checkpoint.every_epochs == 0 or mem.step >= self.total:
         self.save(m)
-    for m in slots:
-      if self.is_eval_boundary(self.members[m].step):
-        self.evaluate(m)
+    self.evaluate([m for m in slots if self.is_eval_boundary(self.members[m].step)])
     for m in slots:
       if self.members[m].step >= self.total or self.members[m].stopped is not None:
         self.end(m)
 
+  def evaluation_plan(self, gstep: int) -> list[tuple[int, int]]:
+    """The evaluations still to come, as (population step, samples) for the ETA: each
+    training run's, at the population step where it reaches its boundary."""
+    due: dict[int, int] = {}
+    for mem in self.members:
+      if mem.ended or mem.stopped is not None or mem.evaluator is None:
+        continue
+      for at, num in train.evaluation_plan(mem.config, self.spe):
+        if at >= mem.step:
+          key = gstep + at - mem.step
+          due[key] = due.get(key, 0) + num
+    return sorted(due.items())
+
   def run(self, report) -> None:
+    self.report = report
     config = self.config
     b = config.train.batch_size
     local = b // jax.process_count()
@@ -794,7 +830,11 @@ class _PopulationLoop:
           report.total = gstep + max(
             (self.total - mem.step for mem in self.members if not mem.ended), default=0
           )
-          report(gstep)
+          report.plan = self.evaluation_plan(gstep)
+          rate = report(gstep)
+          if rate is not None:
+            for m in active:
+              self.members[m].writer.write_scalars(self.members[m].step, {"steps_per_sec": rate})
           if stop.received is not None:
             break
           if boundary:
@@ -886,8 +926,9 @@ def train_population(
       for c, im in zip(configs[1:], member_images[1:], strict=True)
     ]
   spe = input_pipeline.steps_per_epoch(num_images, config.train.batch_size)
-  loop = _PopulationLoop(program, compiled, config, spe, callbacks, refill, on_diverge, shared)
-  loop.evaluator0 = evaluators[0]
+  loop = _PopulationLoop(
+    program, compiled, config, spe, callbacks, refill, on_diverge, shared, evaluators[0]
+  )
   if root is not None:
     write_population_file(root, configs, workdirs)
   init_states = []
