@@ -278,7 +278,33 @@ def test_download_failure_is_reported_not_raised_as_network_error(monkeypatch, t
   monkeypatch.setattr(weights_lib.urllib.request, "urlopen", offline)
   with pytest.raises(weights_lib.WeightsUnavailable, match="cannot download .*put pt_incep"):
     weights_lib.load_weights("full")
-  assert not os.listdir(tmp_path / "inception")  # no partial file left behind
+  # No partial file left behind; the failure is remembered for this machine.
+  assert os.listdir(tmp_path / "inception") == [weights_lib.DOWNLOAD_FAILED]
+
+
+def test_auto_tries_the_download_once_per_machine(monkeypatch, tmp_path, caplog):
+  """'auto' on an offline machine: the first run tries the download; later runs do not,
+  and fall back to the FID-only weights without a warning of their own ('full' retries)."""
+  tries = []
+
+  def offline(*a, **k):
+    tries.append(1)
+    raise OSError("Could not resolve host")
+
+  monkeypatch.setenv("CGAN_JAX_CACHE", str(tmp_path))
+  monkeypatch.setattr(weights_lib.urllib.request, "urlopen", offline)
+  monkeypatch.setattr(weights_lib, "convert_file", lambda path: "fid-only")
+  with caplog.at_level("WARNING"):
+    assert weights_lib.load_weights("auto") == "fid-only"
+    assert weights_lib.load_weights("auto") == "fid-only"
+  assert len(tries) == 1
+  assert not caplog.records  # the training evaluator's one line says IS is off, and why
+  with pytest.raises(weights_lib.WeightsUnavailable, match="cannot download"):
+    weights_lib.load_weights("full")
+  assert len(tries) == 2
+  os.remove(weights_lib.download_failed_path())
+  weights_lib.load_weights("auto")
+  assert len(tries) == 3
 
 
 def test_bad_weights_path_is_a_config_error():
@@ -363,7 +389,7 @@ def test_offline_without_weights_trains_with_metrics_off(tmp_path, monkeypatch, 
   assert not (tmp_path / "run" / "best").exists() or not os.listdir(tmp_path / "run" / "best")
 
 
-def _raise_unavailable(allow_download):
+def _raise_unavailable(allow_download, retry=True):
   raise weights_lib.WeightsUnavailable("offline (test)")
 
 
@@ -421,3 +447,20 @@ def test_fid_cli(tmp_path, helper_weights):
   np.savez(tmp_path / "bad.npz", images=a.astype(np.float32))
   r = run_cli("cgan_jax.fid", str(tmp_path / "bad.npz"), str(tmp_path / "a.npz"))
   assert r.returncode == 2 and "'images' must be uint8" in r.stderr
+
+
+def test_progress_off_a_terminal_is_log_lines(monkeypatch, caplog):
+  """Off a terminal (a log file) the evaluation's progress is a log line now and then,
+  not tqdm's carriage-return redraws that join into one long line."""
+  from cgan_jax.quality import evaluator as quality
+
+  monkeypatch.setattr(quality, "LOG_PROGRESS_S", 0.0)
+  monkeypatch.setattr(quality.sys.stderr, "isatty", lambda: False, raising=False)
+  with caplog.at_level("INFO"):
+    bar = quality.progress_bar(range(4), desc="FID of 2 generator(s)", total=4)
+    assert isinstance(bar, quality.LoggedProgress)
+    assert list(bar) == [0, 1, 2, 3]
+  lines = [r.getMessage() for r in caplog.records]
+  assert [line.split(" (")[0] for line in lines] == [
+    f"FID of 2 generator(s): {i}/4 batches" for i in (1, 2, 3)
+  ]

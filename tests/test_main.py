@@ -368,7 +368,7 @@ def test_weights_messages_name_the_cli_flag(monkeypatch):
   from cgan_jax.errors import ConfigError
   from cgan_jax.quality import weights as weights_lib
 
-  def unavailable(allow_download):
+  def unavailable(allow_download, retry=True):
     raise weights_lib.WeightsUnavailable("offline: pass its path in config.eval.inception_weights")
 
   monkeypatch.setattr(weights_lib, "_load_full", unavailable)

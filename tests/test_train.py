@@ -1,5 +1,6 @@
 """The training program: exact resume, corrupt checkpoints, divergence, sample export."""
 
+import json
 import os
 import shutil
 
@@ -25,11 +26,16 @@ def _params_equal(a, b):
   return all(jax.tree.leaves(jax.tree.map(lambda x, y: np.array_equal(x, y), a, b)))
 
 
-def test_exact_resume_is_bitwise_equal(tmp_path):
+def test_exact_resume_is_bitwise_equal(tmp_path, caplog):
   straight = train.train_and_evaluate(run_config(num_epochs=2), str(tmp_path / "a")).state
   train.train_and_evaluate(run_config(num_epochs=1), str(tmp_path / "b"))
   assert sorted(os.listdir(tmp_path / "b" / "checkpoints")) == ["4"]
   resumed = train.train_and_evaluate(run_config(num_epochs=2), str(tmp_path / "b")).state
+  # The changed (non-structural) value is logged once and kept with its step.
+  assert "from step 4 on: num_epochs 1 -> 2" in caplog.text
+  history = [json.loads(line) for line in open(tmp_path / "b" / train.CONFIG_HISTORY)]
+  assert [(h["step"], h["changed"]) for h in history] == [(4, {"num_epochs": [1, 2]})]
+  assert not (tmp_path / "a" / train.CONFIG_HISTORY).exists()
   assert int(straight.step) == int(resumed.step) == 8
   assert _params_equal(straight.g_params, resumed.g_params)
   assert _params_equal(straight.d_params, resumed.d_params)
@@ -74,6 +80,9 @@ def test_all_checkpoints_corrupt_refuses_to_start_afresh(tmp_path):
   with pytest.raises(checkpointing.CheckpointError, match=r"corrupt holds unreadable ones \(4\)"):
     train.train_and_evaluate(run_config(num_epochs=2), wd)
   assert not os.listdir(os.path.join(wd, "checkpoints"))
+  # `sample` and `evaluate` say where the checkpoints went.
+  with pytest.raises(ConfigError, match=r"moved unreadable ones \(4\) to .*corrupt"):
+    checkpointing.restore_step(wd, "latest", None)
   shutil.rmtree(os.path.join(wd, "corrupt"))
   assert int(train.train_and_evaluate(run_config(num_epochs=1), wd).state.step) == 4
 
@@ -192,6 +201,28 @@ def test_progress_line_starts_after_compiling(caplog, monkeypatch):
     assert progress(4) == pytest.approx(2 / 2)  # t = 132
   lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Step ")]
   assert lines[-1] == "Step 4/10 (40.0%): 1.00 steps/s, ETA 0.1 min"
+
+
+def test_eta_takes_evaluations_out_of_the_rate_and_adds_those_to_come(caplog, monkeypatch):
+  """Right after a long evaluation the rate is still the training's, and the ETA is the
+  remaining training plus the remaining evaluations at the measured seconds per sample."""
+  from cgan_jax.run import writers
+
+  clock = iter([0.0, 10.0, 125.0])
+  monkeypatch.setattr(writers.time, "perf_counter", lambda: next(clock))
+  # Evaluations at steps 10 (100 samples) and 20 (the final one, 1,000 samples).
+  plan = [(10, 100), (20, 1000)]
+  progress = writers.make_progress(num_train_steps=20, every_steps=5, plan=plan)
+  with caplog.at_level("INFO"):
+    progress(0)  # t = 0
+    assert progress(10) == pytest.approx(1.0)  # t = 10, before the step-10 evaluation
+    progress.evaluated(110.0, 100)  # 1.1 s per sample
+    assert progress(15) == pytest.approx(1.0)  # t = 125: 5 steps in 125 - 10 - 110 s
+  lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Step ")]
+  assert lines == [
+    "Step 10/20 (50.0%): 1.00 steps/s, ETA 0.2 min of training + 2 evaluation(s)",
+    "Step 15/20 (75.0%): 1.00 steps/s, ETA 18.4 min (0.1 training + 1 evaluation(s) 18.3)",
+  ]
 
 
 def test_run_killed_while_evaluating_resumes_by_evaluating(tmp_path, monkeypatch, caplog):

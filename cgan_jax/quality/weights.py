@@ -16,8 +16,10 @@ BatchNorm into its conv: `w' = w * gamma / sqrt(var + 1e-3)`, `b' = beta - mean 
 """
 
 import dataclasses
+import datetime
 import hashlib
 import importlib.util
+import json
 import os
 import re
 import shutil
@@ -405,7 +407,7 @@ def load_weights(spec: str = "auto", *, allow_download: bool = True) -> Inceptio
   reasons = []
   if spec in ("auto", "full"):
     try:
-      return _load_full(allow_download)
+      return _load_full(allow_download, retry=spec == "full")
     except WeightsUnavailable as e:
       reasons.append(str(e))
       if spec == "full":
@@ -414,8 +416,8 @@ def load_weights(spec: str = "auto", *, allow_download: bool = True) -> Inceptio
   if helper is not None:
     try:
       weights = convert_file(helper)
-      if reasons:
-        logging.warning("Full Inception weights unavailable (%s): FID only.", reasons[0])
+      if reasons:  # the callers say in one line that IS is off and how to turn it on
+        logging.info("Full Inception weights unavailable (%s): FID only.", reasons[0])
       return weights
     except WeightsUnavailable as e:
       reasons.append(str(e))
@@ -439,19 +441,40 @@ def load_weights_for_cli(spec: str) -> InceptionWeights:
     raise ConfigError(f"--weights={spec or 'auto'}: {reason}{hint}") from None
 
 
-def _load_full(allow_download: bool) -> InceptionWeights:
+DOWNLOAD_FAILED = "download_failed.json"
+
+
+def download_failed_path() -> str:
+  """Where a failed download of the full weights is remembered (one per cache folder)."""
+  return os.path.join(inception_dir(), DOWNLOAD_FAILED)
+
+
+def _load_full(allow_download: bool, retry: bool = True) -> InceptionWeights:
+  """The full weights from the cache, else downloaded. A failed download is remembered in
+  `download_failed_path()`: with `retry=False` ('auto') it is not tried again on this
+  machine (an offline machine would wait for the network on every run); 'full' retries,
+  and a success forgets the failure."""
   dest = expected_full_path()
   if not os.path.isfile(dest):
     if not allow_download:
       raise WeightsUnavailable(f"no {FULL_FILENAME} at {dest} and downloading is off")
+    marker = download_failed_path()
+    if not retry and os.path.isfile(marker):
+      raise WeightsUnavailable(
+        f"no {FULL_FILENAME} at {dest} (its download failed before on this machine; "
+        f"delete {marker} to try again)"
+      )
     try:
       logging.info("Downloading %s to %s", FULL_URL, dest)
       download_full(dest)
     except (OSError, ValueError) as e:
+      _remember_failure(marker, f"{type(e).__name__}: {e}")
       raise WeightsUnavailable(
         f"cannot download {FULL_URL} ({type(e).__name__}: {e}); offline, put "
         f"{FULL_FILENAME} at {dest} or pass its path in config.eval.inception_weights"
       ) from None
+    if os.path.isfile(marker):
+      os.remove(marker)
   digest = sha256_of(dest)
   if not digest.startswith(FULL_SHA256_PREFIX):
     raise WeightsUnavailable(
@@ -459,3 +482,13 @@ def _load_full(allow_download: bool) -> InceptionWeights:
       "delete it to download it again"
     )
   return convert_file(dest)
+
+
+def _remember_failure(marker: str, reason: str) -> None:
+  try:
+    os.makedirs(os.path.dirname(marker), exist_ok=True)
+    when = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    with open(marker, "w") as f:
+      json.dump({"url": FULL_URL, "time": when, "reason": reason[:300]}, f)
+  except OSError:
+    pass  # an unwritable cache: the next run tries again

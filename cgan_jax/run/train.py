@@ -8,6 +8,7 @@ It returns a `RunResult`: the final state, the run's `scores.jsonl` records and 
 stopped.
 """
 
+import datetime
 import json
 import os
 import signal
@@ -29,23 +30,9 @@ from cgan_jax.run import scores as scores_lib
 from cgan_jax.run import stop as stop_lib
 
 # Fields that fix the shapes of the state or the meaning of a step: a workdir trained with
-# one value cannot be resumed with another. A field missing from an older saved config
-# has the value in FIELD_DEFAULTS.
-STRUCTURAL_FIELDS = (
-  "method",
-  "model.k",
-  "model.z_dim",
-  "model.g_width",
-  "model.d_width",
-  "model.ema_decay",
-  "data.image_size",
-  "data.num_train",
-  "graph.transfer",
-  "graph.transfer_reduction",
-  "train.batch_size",
-  "train.d_update",
-)
-FIELD_DEFAULTS = {"graph.transfer_reduction": "mean"}
+# one value cannot be resumed with another (those marked `resume` in `configlib.FIELDS`;
+# a field missing from an older saved config has the table's default).
+STRUCTURAL_FIELDS = configlib.RESUME_FIELDS
 
 # callback(record) after each evaluation, with its `scores.jsonl` record; True asks the
 # run to stop (it saves a checkpoint and returns).
@@ -78,12 +65,7 @@ class TrainingDiverged(RuntimeError):
 
 
 def _get(config_dict, dotted: str):
-  node = config_dict
-  for part in dotted.split("."):
-    if not isinstance(node, dict | ml_collections.ConfigDict) or part not in node:
-      return FIELD_DEFAULTS.get(dotted)
-    node = node[part]
-  return node
+  return configlib.get(config_dict, dotted)
 
 
 def check_workdir(workdir: str, config) -> None:
@@ -116,10 +98,55 @@ def write_config(workdir: str, config) -> None:
   if jax.process_index() != 0:
     return
   path = os.path.join(workdir, "config.json")
+  text = config.to_json_best_effort(indent=2, sort_keys=True)
+  if os.path.isfile(path):
+    _record_config_change(workdir, path, json.loads(text))
   tmp = f"{path}.{os.getpid()}.tmp"
   with open(tmp, "w") as f:
-    f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+    f.write(text)
   os.replace(tmp, path)
+
+
+CONFIG_HISTORY = "config_history.jsonl"
+
+
+def _flat_json(node, prefix=""):
+  if not isinstance(node, dict):
+    return {prefix: node}
+  out = {}
+  for key, value in node.items():
+    out.update(_flat_json(value, f"{prefix}.{key}" if prefix else key))
+  return out
+
+
+def _record_config_change(workdir: str, path: str, new: dict) -> None:
+  """A resume with other (non-structural) values, e.g. --config.optim.g_lr: one log line
+  naming what changed, and a `config_history.jsonl` line {"step", "time", "changed":
+  {field: [old, new]}} (the step: the newest checkpoint, from which the new values
+  apply), so that config.json, which holds the newest values, does not erase the record."""
+  try:
+    with open(path) as f:
+      old = _flat_json(json.load(f))
+  except (OSError, ValueError):
+    return  # check_workdir has refused an unreadable one already
+  new = _flat_json(new)
+  changed = {k: [old.get(k), new.get(k)] for k in sorted(set(old) | set(new))}
+  changed = {k: v for k, v in changed.items() if v[0] != v[1]}
+  if not changed:
+    return
+  step = max(checkpointing.latest_steps(workdir), default=0)
+  text = "; ".join(f"{k} {v[0]!r} -> {v[1]!r}" for k, v in changed.items())
+  logging.warning(
+    "%s: the config differs from the one this workdir last ran with, from step %d on: %s "
+    "(recorded in %s).",
+    workdir,
+    step,
+    text,
+    CONFIG_HISTORY,
+  )
+  when = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+  with open(os.path.join(workdir, CONFIG_HISTORY), "a") as f:
+    f.write(json.dumps({"step": step, "time": when, "changed": changed}) + "\n")
 
 
 class _StopSignal:
@@ -279,8 +306,12 @@ def train_and_evaluate(
   grid_z = generate.latents(
     jax.random.fold_in(eval_key, 0), config.eval.num_grid, config.model.z_dim
   )
-  report = writers.make_progress(total_steps, config.train.log_every_steps)
   step = first_step = int(state.step)
+  report = writers.make_progress(
+    total_steps,
+    config.train.log_every_steps,
+    evaluation_plan(config, spe) if evaluator is not None else (),
+  )
   logging.info(
     "Training %s, k=%d, %d steps/epoch, steps %d..%d on %d device(s).",
     config.method,
@@ -323,11 +354,13 @@ def train_and_evaluate(
       num,
       should_stop=lambda: stop.received is not None,
     )
-    log_scores(writer, evaluator, scores, step, num)
+    eval_s = time.perf_counter() - t_eval
+    report.evaluated(eval_s, num)
+    log_scores(writer, evaluator, scores, step, num, eval_s)
     record = evaluator.record(scores, step=step, epoch=step // spe, num_samples=num)
     record.update(
       final=last,
-      eval_s=round(time.perf_counter() - t_eval, 2),
+      eval_s=round(eval_s, 2),
       process_s=round(time.perf_counter() - t_start, 2),
     )
     if jax.process_index() == 0:
@@ -373,7 +406,9 @@ def train_and_evaluate(
             _check_finite(history, step, last_good, workdir)  # waits for the step (device_get)
             _log(writer, history, step)
             history = []
-          report(step)  # after the wait above, so the rate is of finished steps
+          rate = report(step)  # after the wait above, so the rate is of finished steps
+          if rate is not None:
+            writer.write_scalars(step, {"steps_per_sec": rate})
           if stop.received is not None:
             break
         if stop.received is not None:
@@ -469,9 +504,23 @@ def write_sample_grids(writer, workdir, generate_fn, state, z, step, k) -> None:
   writer.write_images(step, grids)
 
 
-def log_scores(writer, evaluator, scores, step: int, num_samples: int) -> None:
-  """Writes <metric>/g<i> for every metric of every generator and logs the table."""
+def evaluation_plan(config, spe: int) -> list[tuple[int, int]]:
+  """(step, samples per generator) of every evaluation of a run, for the ETA."""
+  total = spe * config.num_epochs
+  every = config.eval.every_epochs
+  return [
+    (e * spe, config.eval.final_num_samples if e * spe >= total else config.eval.num_samples)
+    for e in range(1, config.num_epochs + 1)
+    if e % every == 0 or e == config.num_epochs
+  ]
+
+
+def log_scores(writer, evaluator, scores, step: int, num_samples: int, eval_s=None) -> None:
+  """Writes <metric>/g<i> for every metric of every generator (and `eval_s`, the
+  evaluation's seconds) and logs the table."""
   out = {f"{name}/g{g}": value for g, sc in enumerate(scores) for name, value in sc.items()}
+  if eval_s is not None:
+    out["eval_s"] = float(eval_s)
   writer.write_scalars(step, out)
   logging.info("%s", evaluator_lib.format_table(scores, evaluator.header(num_samples, step)))
 

@@ -48,34 +48,61 @@ class ProgressLog:
   """Steps/s and ETA in the log, one line every `every_steps` steps.
 
   The clock starts at the first step the run takes (`__call__`'s first call), after the
-  step was compiled, so the first rate is a real one; evaluation and checkpoint time
-  between two lines count (the ETA is for the whole run).
+  step was compiled, so the first rate is a real one. The rate is of training alone: the
+  evaluations' seconds (told with `evaluated`) are taken out of it, and the ETA adds the
+  evaluations still to come (`plan`: (step, samples) of each, timed by the seconds per
+  sample measured so far), so that a line right after an evaluation does not extrapolate
+  that evaluation's time over every remaining step.
   """
 
-  def __init__(self, num_train_steps: int, every_steps: int):
+  def __init__(self, num_train_steps: int, every_steps: int, plan=()):
     self.total, self.every = num_train_steps, every_steps
+    self.plan = list(plan)  # (step, samples) of the evaluations, in steps of this clock
     self._start = None
     self._last = None
+    self._eval_window = 0.0  # evaluation seconds since the last line
+    self._eval_s = 0.0
+    self._eval_samples = 0
+
+  def evaluated(self, seconds: float, samples: int) -> None:
+    """An evaluation of `samples` samples (all generators, all members) took `seconds`."""
+    self._eval_window += seconds
+    self._eval_s += seconds
+    self._eval_samples += samples
 
   def __call__(self, step: int) -> float | None:
-    """Reports at multiples of `every_steps`; returns the steps/s it reported (or None)."""
+    """Reports at multiples of `every_steps`; returns the training steps/s it reported (or
+    None)."""
     now = time.perf_counter()
     if self._start is None:
       self._start = self._last = (step, now)
+      self._eval_window = 0.0
       return None
     if step % self.every or step <= self._last[0]:
       return None
-    rate = (step - self._last[0]) / (now - self._last[1])
-    eta_min = (self.total - step) / rate / 60 if rate > 0 else float("inf")
+    train_s = max(now - self._last[1] - self._eval_window, 1e-9)
+    rate = (step - self._last[0]) / train_s
+    train_min = (self.total - step) / rate / 60 if rate > 0 else float("inf")
+    due = [samples for at, samples in self.plan if at >= step]
+    eta = f"ETA {train_min:.1f} min"
+    if due and self._eval_samples:
+      eval_min = sum(due) * self._eval_s / self._eval_samples / 60
+      eta = (
+        f"ETA {train_min + eval_min:.1f} min ({train_min:.1f} training + {len(due)} "
+        f"evaluation(s) {eval_min:.1f})"
+      )
+    elif due:
+      eta = f"ETA {train_min:.1f} min of training + {len(due)} evaluation(s)"
     logging.info(
-      "Step %d/%d (%.1f%%): %.2f steps/s, ETA %.1f min",
+      "Step %d/%d (%.1f%%): %.2f steps/s, %s",
       step,
       self.total,
       100.0 * step / self.total,
       rate,
-      eta_min,
+      eta,
     )
     self._last = (step, now)
+    self._eval_window = 0.0
     return rate
 
 
@@ -209,7 +236,7 @@ def make_writer(workdir: str, just_logging: bool):
   return MultiWriter([LogWriter(), TensorBoardWriter(workdir)])
 
 
-def make_progress(num_train_steps: int, every_steps: int) -> ProgressLog:
+def make_progress(num_train_steps: int, every_steps: int, plan=()) -> ProgressLog:
   """The progress line (steps/s, ETA). Not clu's `ReportProgress`, which printed it twice
   (its work-unit notes and the writer's scalars)."""
-  return ProgressLog(num_train_steps, every_steps)
+  return ProgressLog(num_train_steps, every_steps, plan)
