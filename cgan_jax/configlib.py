@@ -9,8 +9,11 @@ Methods are configs of one code path (paper, Tables 1 and 3):
   proposed    >= 2  spectral norm   image | feature_input_side | feature_output_side
 """
 
+import dataclasses
 import importlib.util
 import os
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -24,6 +27,198 @@ METHODS = ("dcgan", "dcgan_sn", "madgan", "proposed")
 DTYPES = ("float32", "bfloat16")
 DATA_SOURCES = ("tfds", "cifar_archive", "synthetic")
 GEN_MAPS = ("auto", "vmap", "unroll")
+# How a population's members are mapped in its step (`run.population`).
+MEMBER_MAPS = ("auto", "vmap", "unroll", "sequential")
+
+
+# ---------------------------------------------------------------------------------------
+# The table of config fields: what each one is to the program.
+
+REQUIRED = object()  # a field every config has had from the start: no default
+
+
+@dataclasses.dataclass(frozen=True)
+class Field:
+  """One config field.
+
+  Attributes:
+    path: its dotted name under `config.`.
+    default: its value in configs older than the field (`REQUIRED`: none).
+    compile: None, or what it fixes of the compiled programs: 'init' (the initial state's
+      shapes and code, and the step's: `builder.init_structure_key`) or 'step' (the
+      step's only: `builder.structure_key`). Two configs with the same key share one
+      compiled step, so a field that changes the step must say so here.
+    resume: a workdir's run may not change it on a resume (it changes what the workdir
+      holds, or what its steps so far mean): `train.check_workdir` refuses the change.
+      Other changes are allowed, logged and kept in `config_history.jsonl`.
+    member: population members may differ in it (a traced step input, or the seed):
+      `population.check_members`.
+    choices: its allowed values, or a function returning them (a registry's keys);
+      `validate_config` checks them.
+    key: what the structure key takes from the config (default: the value), e.g. only
+      whether the EMA decay is > 0.
+    example: a value other than the base config's that changes the compiled step, for
+      tests/test_builder.py (default: another of `choices`).
+  """
+
+  path: str
+  default: Any = REQUIRED
+  compile: str | None = None
+  resume: bool = False
+  member: bool = False
+  choices: tuple | Callable[[], tuple] | None = None
+  key: Callable[[Any], Any] | None = None
+  example: Any = None
+
+  def allowed(self) -> tuple | None:
+    return self.choices() if callable(self.choices) else self.choices
+
+
+def _registry(table: Callable[[], dict]) -> Callable[[], tuple]:
+  return lambda: tuple(table())
+
+
+FIELDS: tuple[Field, ...] = (
+  Field("method", compile="init", resume=True, choices=METHODS, key=lambda c: d_norm(c)),
+  Field("seed", member=True),
+  Field("num_epochs"),
+  Field("dtype", compile="init", choices=DTYPES, example="bfloat16"),
+  Field("model.k", compile="init", resume=True, example=3),
+  Field("model.z_dim", compile="init", resume=True, example=64),
+  Field("model.g_width", compile="init", resume=True, example=8),
+  Field("model.d_width", compile="init", resume=True, example=8),
+  Field(
+    "model.ema_decay",
+    compile="init",
+    resume=True,
+    member=True,
+    key=lambda c: float(c.model.ema_decay) > 0,
+    example=0.9,
+  ),
+  Field("model.init", default="lecun", compile="init", choices=_registry(lambda: models.INITS)),
+  Field(
+    "model.conv_impl",
+    default="phase",
+    compile="init",
+    choices=_registry(lambda: dict.fromkeys(models.CONV_IMPLS)),
+  ),
+  Field(
+    "data.image_size",
+    compile="init",
+    resume=True,
+    choices=_registry(lambda: dict.fromkeys(models.SUPPORTED_IMAGE_SIZES)),
+  ),
+  Field("data.source", choices=DATA_SOURCES),
+  Field("data.num_train", resume=True),
+  Field("data.path", default=""),
+  Field("data.tfds_dir", default=""),
+  Field("data.prefetch", default=2),
+  Field(
+    "graph.transfer",
+    compile="init",
+    resume=True,
+    choices=_registry(lambda: dict.fromkeys(graph_lib.transfer_methods())),
+    example="feature_output_side",
+  ),
+  Field(
+    "graph.transfer_reduction",
+    default="mean",
+    compile="init",
+    resume=True,
+    choices=losses.REDUCTIONS,
+  ),
+  Field("graph.gates_d", member=True),
+  Field("graph.gates_transfer", member=True),
+  Field("graph.alpha", member=True),
+  Field("graph.progress", member=True, choices=gates_lib.PROGRESS_MODES),
+  Field("optim.g_lr", member=True),
+  Field("optim.d_lr", member=True),
+  Field("optim.b1", compile="init", key=lambda c: float(c.optim.b1), example=0.0),
+  Field("optim.b2", compile="init", key=lambda c: float(c.optim.b2), example=0.99),
+  Field("train.batch_size", compile="step", resume=True, example=16),
+  Field(
+    "train.d_update",
+    compile="init",
+    resume=True,
+    choices=_registry(lambda: steps.D_UPDATES),
+  ),
+  Field(
+    "train.gan_loss",
+    default="softmax",
+    compile="init",
+    resume=True,
+    choices=_registry(lambda: losses.GAN_LOSSES),
+  ),
+  Field("train.gen_devices", default=1, compile="step", example=2),
+  Field(
+    "train.gen_map",
+    default="auto",
+    compile="init",
+    choices=GEN_MAPS,
+    key=lambda c: unroll_generators(c),
+    example="vmap",  # on the CPU 'auto' unrolls
+  ),
+  Field("train.log_every_steps"),
+  Field("eval.enabled"),
+  Field("eval.every_epochs"),
+  Field("eval.batch_size"),
+  Field("eval.num_samples"),
+  Field("eval.final_num_samples"),
+  Field("eval.num_grid"),
+  Field("eval.num_reference", default=0),
+  Field("eval.inception_weights", default="auto"),
+  Field("eval.metrics", default="auto"),
+  Field("eval.select", default="auto"),
+  Field("checkpoint.every_epochs"),
+  Field("checkpoint.keep"),
+  Field("population.seeds", default="", member=True),
+  Field("population.member_map", default="auto", member=True, choices=MEMBER_MAPS),
+  Field("population.memory_limit_gb", default=0.0, member=True),
+)
+FIELDS_BY_PATH: dict[str, Field] = {f.path: f for f in FIELDS}
+
+
+def get(config, path: str):
+  """config.<path>, or the table's default for a config older than the field (None for a
+  field outside the table that the config lacks)."""
+  node = config
+  for part in path.split("."):
+    if not hasattr(node, "get") or part not in node:
+      f = FIELDS_BY_PATH.get(path)
+      return None if f is None or f.default is REQUIRED else f.default
+    node = node[part]
+  return node
+
+
+def key_value(config, field: Field):
+  """What the structure key takes from `config` for `field`."""
+  return field.key(config) if field.key is not None else get(config, field.path)
+
+
+def compile_fields(which: str) -> tuple[Field, ...]:
+  """The fields that fix the initial state ('init') or the step ('step': the 'init' ones
+  too)."""
+  kinds = ("init",) if which == "init" else ("init", "step")
+  return tuple(f for f in FIELDS if f.compile in kinds)
+
+
+RESUME_FIELDS = tuple(f.path for f in FIELDS if f.resume)
+MEMBER_FIELDS = tuple(f.path for f in FIELDS if f.member)
+
+
+def _check_choices(config) -> None:
+  for f in FIELDS:
+    allowed = f.allowed()
+    if allowed is not None:
+      value = get(config, f.path)
+      if value not in allowed:
+        raise choice_error(f"config.{f.path}", value, tuple(allowed))
+
+
+def gan_loss(config) -> str:
+  """The adversarial objective (`losses.GAN_LOSSES`; 'softmax', the paper's, in configs
+  older than the field)."""
+  return get(config, "train.gan_loss")
 
 
 def d_norm(config) -> str:
@@ -47,8 +242,7 @@ def validate_config(config) -> None:
   Args:
     config: an `ml_collections.ConfigDict` as returned by `configs/*.py:get_config`.
   """
-  if config.method not in METHODS:
-    raise choice_error("config.method", config.method, METHODS)
+  _check_choices(config)
   k = config.model.k
   _check_int("config.model.k", k, 1)
   _check_int("config.model.z_dim", config.model.z_dim, 1)
@@ -57,19 +251,6 @@ def validate_config(config) -> None:
   ema = config.model.ema_decay
   if not isinstance(ema, int | float) or not 0.0 <= ema < 1.0:
     raise ConfigError(f"config.model.ema_decay={ema!r} must be in [0, 1) (0 turns EMA off)")
-  if init_scheme(config) not in models.INITS:
-    raise choice_error("config.model.init", init_scheme(config), models.INITS)
-  impl = conv_impl(config)
-  if impl not in models.CONV_IMPLS:
-    raise choice_error("config.model.conv_impl", impl, models.CONV_IMPLS)
-  if config.data.image_size not in models.SUPPORTED_IMAGE_SIZES:
-    raise choice_error(
-      "config.data.image_size", config.data.image_size, models.SUPPORTED_IMAGE_SIZES
-    )
-  if config.dtype not in DTYPES:
-    raise choice_error("config.dtype", config.dtype, DTYPES)
-  if config.data.source not in DATA_SOURCES:
-    raise choice_error("config.data.source", config.data.source, DATA_SOURCES)
   _check_int("config.num_epochs", config.num_epochs, 1)
   _check_int("config.train.batch_size", config.train.batch_size, 1)
   _check_int("config.train.log_every_steps", config.train.log_every_steps, 1)
@@ -82,11 +263,6 @@ def validate_config(config) -> None:
       f"config.train.gen_devices={gen} must divide config.model.k={k} (the generators are "
       "split evenly over the devices)"
     )
-  gmap = gen_map(config)
-  if gmap not in GEN_MAPS:
-    raise choice_error("config.train.gen_map", gmap, GEN_MAPS)
-  if config.train.d_update not in steps.D_UPDATES:
-    raise choice_error("config.train.d_update", config.train.d_update, tuple(steps.D_UPDATES))
   for name in ("g_lr", "d_lr"):
     _check_positive(f"config.optim.{name}", config.optim[name])
   for name in ("b1", "b2"):
@@ -98,14 +274,10 @@ def validate_config(config) -> None:
   _validate_population(config)
 
 
-# How a population's members are mapped in its step (`run.population`).
-MEMBER_MAPS = ("auto", "vmap", "unroll", "sequential")
-
-
 def population_field(config, name: str, default):
   """config.population.<name>, or `default` in configs older than the field."""
-  pop = config.get("population")
-  return default if pop is None else pop.get(name, default)
+  value = get(config, f"population.{name}")
+  return default if value is None else value
 
 
 def population_seeds(config) -> list[int]:
@@ -199,13 +371,13 @@ SELECT_MODES = ("max", "min")
 
 def eval_select(config) -> str:
   """config.eval.select ('auto' in configs older than the field)."""
-  return config.eval.get("select", "auto")
+  return get(config, "eval.select")
 
 
 def eval_metrics(config) -> str:
   """config.eval.metrics ('auto' in configs older than the field): the metrics of the
   registry (`cgan_jax.quality.registry`) computed at each evaluation of training."""
-  value = config.eval.get("metrics", "auto")
+  value = get(config, "eval.metrics")
   return ",".join(value) if isinstance(value, list | tuple) else str(value)
 
 
@@ -233,14 +405,6 @@ def parse_select(text: str) -> tuple[str, str] | None:
 def _validate_graph(config) -> None:
   g, k, method = config.graph, config.model.k, config.method
   transfers = graph_lib.transfer_methods()
-  if g.transfer not in transfers:
-    raise choice_error("config.graph.transfer", g.transfer, transfers)
-  if transfer_reduction(config) not in losses.REDUCTIONS:
-    raise choice_error(
-      "config.graph.transfer_reduction", transfer_reduction(config), losses.REDUCTIONS
-    )
-  if g.progress not in gates_lib.PROGRESS_MODES:
-    raise choice_error("config.graph.progress", g.progress, gates_lib.PROGRESS_MODES)
   if not isinstance(g.alpha, int | float) or g.alpha < 0:
     raise ConfigError(f"config.graph.alpha={g.alpha!r} must be a number >= 0 (paper: 1000)")
   if method in ("dcgan", "dcgan_sn") and k != 1:
@@ -272,28 +436,28 @@ def _validate_graph(config) -> None:
 def transfer_reduction(config) -> str:
   """How eq. (4)/(5) reduce over positions (`losses.REDUCTIONS`; 'mean' in configs older
   than the field)."""
-  return config.graph.get("transfer_reduction", "mean")
+  return get(config, "graph.transfer_reduction")
 
 
 def conv_impl(config) -> str:
   """How the 4x4 layers are computed (`models.CONV_IMPLS`; 'phase' in configs older than it)."""
-  return config.model.get("conv_impl", "phase")
+  return get(config, "model.conv_impl")
 
 
 def init_scheme(config) -> str:
   """Parameter initialisation (`models.INITS`); 'lecun' (Flax's default, what earlier
   versions used) in configs older than the field."""
-  return config.model.get("init", "lecun")
+  return get(config, "model.init")
 
 
 def gen_devices(config) -> int:
   """Width of the mesh's 'gen' axis (1 in configs older than it)."""
-  return config.train.get("gen_devices", 1)
+  return get(config, "train.gen_devices")
 
 
 def gen_map(config) -> str:
   """How the step applies the k generators (`GEN_MAPS`; 'auto' in configs older than it)."""
-  return config.train.get("gen_map", "auto")
+  return get(config, "train.gen_map")
 
 
 def unroll_generators(config) -> bool:

@@ -64,6 +64,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.train = ml_collections.ConfigDict()
   c.train.batch_size = 256
   c.train.d_update = "paper"
+  # The adversarial objective (`core.losses.GAN_LOSSES`): 'softmax' is the paper's (eq. 1
+  # and 2); 'hinge' is a multi-class hinge loss (not in the paper).
+  c.train.gan_loss = "softmax"
   # Devices on the mesh's 'gen' axis: > 1 splits the k generators over that many device
   # groups (must divide k and the device count); 1 replicates them (data parallel only).
   c.train.gen_devices = 1

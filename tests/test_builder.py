@@ -98,6 +98,51 @@ def test_runs_differing_in_gates_alpha_seed_epochs_lr_compile_once(tmp_path):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+def test_every_config_field_is_in_the_table():
+  """configlib.FIELDS says of every field of the base config whether it changes the
+  compiled step, the workdir, or may differ between population members: a new field that
+  is not classified there fails here (a field left out of the structure key would be a
+  silent miscompile)."""
+  from cgan_jax import configlib
+
+  leaves = []
+
+  def walk(node, prefix=""):
+    for key, value in node.items():
+      if hasattr(value, "items"):
+        walk(value, f"{prefix}{key}.")
+      else:
+        leaves.append(f"{prefix}{key}")
+
+  walk(configlib.load_config(os.path.join(ROOT, "configs/cifar64.py")))
+  assert sorted(leaves) == sorted(configlib.FIELDS_BY_PATH)
+
+
+def test_every_compile_structural_field_changes_the_key():
+  """Each field the table marks compile='init' or 'step' changes the structure key (and
+  the 'init' ones the initial state's key), one at a time."""
+  from cgan_jax import configlib
+
+  mesh = builder.build(_config()).mesh
+  base = builder.structure_key(_config(), mesh)
+  base_init = builder.init_structure_key(_config())
+  for field in configlib.compile_fields("step"):
+    value = field.example
+    if value is None:
+      current = configlib.get(_config(), field.path)
+      value = next(v for v in field.allowed() if v != current)
+    overrides = {field.path: value}
+    if field.path == "method":  # the BatchNorm D: k = 1, no transfer
+      overrides.update({"model.k": 1, "graph.transfer": "none", "graph.gates_d": ""})
+      overrides["graph.gates_transfer"] = ""
+    if field.path == "graph.transfer":
+      overrides["data.image_size"] = 32
+    c = _config(overrides)
+    assert builder.structure_key(c, mesh) != base, field.path
+    if field.compile == "init":
+      assert builder.init_structure_key(c) != base_init, field.path
+
+
 def test_structure_key_names_what_changes_the_step():
   base = builder.structure_key(_config(), builder.build(_config()).mesh)
   mesh = builder.build(_config()).mesh

@@ -199,6 +199,61 @@ def test_registered_toy_transfer_trains():
     tiny_config("proposed", graph__transfer=name)
 
 
+def test_registered_toy_gan_loss_trains():
+  """A new adversarial objective is one pair of functions plus one registry entry (README
+  "Extending"); the step uses it for D and for every G_i."""
+  seen = []
+
+  def least_squares_d(logits, label):  # (softmax(x)_label - 1)^2, per image
+    labels = jnp.broadcast_to(jnp.asarray(label, jnp.int32), logits.shape[:1])
+    p = jnp.take_along_axis(jax.nn.softmax(logits), labels[:, None], axis=-1)[:, 0]
+    seen.append("d")
+    return jnp.square(p - 1.0)
+
+  def least_squares_g(logits):  # (d_{k+1}(G(z)) - 1)^2, batch mean
+    seen.append("g")
+    return jnp.square(jax.nn.softmax(logits)[..., -1] - 1.0).mean(axis=-1)
+
+  name = "toy_least_squares"
+  losses.register_gan_loss(name, losses.GanLoss(least_squares_d, least_squares_g))
+  try:
+    with pytest.raises(ValueError, match="already registered"):
+      losses.register_gan_loss(name, losses.GanLoss(least_squares_d, least_squares_g))
+    c = tiny_config("proposed", train__gan_loss=name)  # validated against the registry
+    st, step, hp, _ = build(c)
+    new, m = jax.jit(step)(st, real_batch(c), hp)
+    assert set(seen) == {"d", "g"}
+    g_adv = np.asarray(m["g_adv"])
+    assert np.all((g_adv >= 0) & (g_adv <= 1)), g_adv  # a squared probability gap
+    assert _changed(new.g_params, st.g_params) and _changed(new.d_params, st.d_params)
+  finally:
+    del losses.GAN_LOSSES[name]
+  with pytest.raises(ConfigError, match=r"config.train.gan_loss='toy_least_squares' is not all"):
+    tiny_config("proposed", train__gan_loss=name)
+
+
+def test_hinge_loss_is_the_two_class_hinge_gan_for_k_1():
+  """With k = 1 the multi-class hinge is the hinge GAN of Lim & Ye / Miyato et al.:
+  D: relu(1 - D(x)) on real, relu(1 + D(G(z))) on fake; G: -D(G(z)); D(x) = l_real - l_fake.
+  For k > 1 the margin is against the largest other logit (NumPy reference)."""
+  rng = np.random.default_rng(0)
+  two = rng.normal(size=(6, 2)).astype(np.float32) * 2
+  dx = two[:, 1] - two[:, 0]
+  hinge = losses.GAN_LOSSES["hinge"]
+  np.testing.assert_allclose(hinge.discriminator(two, 1), np.maximum(0, 1 - dx), rtol=1e-6)
+  np.testing.assert_allclose(hinge.discriminator(two, 0), np.maximum(0, 1 + dx), rtol=1e-6)
+  np.testing.assert_allclose(hinge.generator(two), -dx.mean(), rtol=1e-6)
+  four = rng.normal(size=(5, 4)).astype(np.float32)
+  labels = np.array([0, 3, 2, 1, 3])
+  ref = [max(0.0, 1 - (x[y] - np.delete(x, y).max())) for x, y in zip(four, labels, strict=True)]
+  np.testing.assert_allclose(hinge.discriminator(four, labels), ref, rtol=1e-6)
+  c = tiny_config("proposed", train__gan_loss="hinge")
+  st, step, hp, _ = build(c)
+  new, m = jax.jit(step)(st, real_batch(c), hp)
+  assert all(np.all(np.isfinite(np.asarray(v))) for v in m.values())
+  assert _changed(new.g_params, st.g_params)
+
+
 @pytest.mark.parametrize(
   "field,value,message",
   [

@@ -16,6 +16,9 @@ Conventions (the paper leaves these open; see README "Choices"):
   * The teacher side carries `stop_gradient`, so L_t,s only moves the student G_s.
 """
 
+import dataclasses
+from collections.abc import Callable
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -53,6 +56,76 @@ def generator_adversarial_loss(logits: jax.Array) -> jax.Array:
     Array of shape [...]: one loss per leading index (e.g. per generator).
   """
   return -jax.nn.log_softmax(logits, axis=-1)[..., -1].mean(axis=-1)
+
+
+def hinge_margin(logits: jax.Array, label: int | jax.Array) -> jax.Array:
+  """The multi-class margin l_label - max_{j != label} l_j of [..., n, k + 1] logits."""
+  labels = jnp.broadcast_to(jnp.asarray(label, jnp.int32), logits.shape[:-1])
+  target = jnp.take_along_axis(logits, labels[..., None], axis=-1)[..., 0]
+  others = jnp.where(jax.nn.one_hot(labels, logits.shape[-1], dtype=bool), -jnp.inf, logits)
+  return target - jnp.max(others, axis=-1)
+
+
+def hinge_discriminator_loss_per_image(logits: jax.Array, label: int | jax.Array) -> jax.Array:
+  """The hinge loss (Lim & Ye 2017; Miyato et al. 2018) for a (k + 1)-class D, per image:
+  max(0, 1 - margin) with the multi-class margin (`hinge_margin`, Crammer & Singer). With
+  k = 1 the margin of a real image is D(x) = l_real - l_fake and that of a fake one is
+  -D(x): exactly the two-class hinge GAN, relu(1 - D(x)) and relu(1 + D(G(z)))."""
+  return jax.nn.relu(1.0 - hinge_margin(logits, label))
+
+
+def hinge_generator_loss(logits: jax.Array) -> jax.Array:
+  """The hinge GAN's generator loss, -D(G(z)), with D(x) the margin of the 'real' class
+  (`hinge_margin`); [..., b, k + 1] -> [...] batch means."""
+  return -hinge_margin(logits, logits.shape[-1] - 1).mean(axis=-1)
+
+
+@dataclasses.dataclass(frozen=True)
+class GanLoss:
+  """One adversarial objective for the (k + 1)-class discriminator (`config.train.gan_loss`).
+
+  Attributes:
+    discriminator: (logits [n, k + 1], label(s)) -> per-image loss [n] of D, the target
+      class being i for images of G_i and k for real images (D minimises its mean).
+    generator: logits [..., b, k + 1] of D on images of G_i -> [...] L_D,i before its
+      gate (batch means), which G_i minimises.
+    description: one line for the README and errors.
+  """
+
+  discriminator: Callable[[jax.Array, int | jax.Array], jax.Array]
+  generator: Callable[[jax.Array], jax.Array]
+  description: str = ""
+
+
+# The adversarial objectives by name, compare_gan-style: adding one is a pair of functions
+# and one `register_gan_loss` call (tests/test_steps.py trains a toy one).
+GAN_LOSSES: dict[str, GanLoss] = {}
+
+
+def register_gan_loss(name: str, loss: GanLoss) -> GanLoss:
+  """Adds `loss` as `config.train.gan_loss=name` (a name may be registered once)."""
+  if name in GAN_LOSSES and GAN_LOSSES[name] is not loss:
+    raise ValueError(f"GAN loss {name!r} is already registered")
+  GAN_LOSSES[name] = loss
+  return loss
+
+
+register_gan_loss(
+  "softmax",
+  GanLoss(
+    discriminator_loss_per_image,
+    generator_adversarial_loss,
+    "the paper's: softmax cross-entropy for D (eq. 1), -log d_{k+1}(G_i(z)) for G_i (eq. 2)",
+  ),
+)
+register_gan_loss(
+  "hinge",
+  GanLoss(
+    hinge_discriminator_loss_per_image,
+    hinge_generator_loss,
+    "multi-class hinge: relu(1 - margin) for D, -margin of 'real' for G_i (not the paper's)",
+  ),
+)
 
 
 def attention_map(features: jax.Array) -> jax.Array:

@@ -65,6 +65,7 @@ class StepSpec:
     transfer: a key of `graph.TRANSFERS`.
     transfer_reduction: 'mean' or 'sum' (`losses.REDUCTIONS`).
     d_update: a key of `D_UPDATES`.
+    gan_loss: a key of `losses.GAN_LOSSES` (the adversarial objective of D and the G_i).
     ema: whether the state keeps an EMA of the generators.
     unroll: apply the k generators one by one (a Python loop) instead of `jax.vmap`.
   """
@@ -78,6 +79,7 @@ class StepSpec:
   transfer: str = "none"
   transfer_reduction: str = "mean"
   d_update: str = "paper"
+  gan_loss: str = "softmax"
   ema: bool = False
   unroll: bool = False
 
@@ -171,7 +173,7 @@ def d_update(spec: StepSpec, d, images, labels, lr):
     logits, new_state = spec.discriminator.apply(
       {"params": p, **d_state}, images, train=True, mutable=list(d_state)
     )
-    per_image = losses.discriminator_loss_per_image(logits, labels)
+    per_image = losses.GAN_LOSSES[spec.gan_loss].discriminator(logits, labels)
     return per_image.mean(), (dict(new_state), per_image, jnp.argmax(logits, -1) == labels)
 
   (_, (new_state, per_image, hits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(d_params)
@@ -280,7 +282,7 @@ def generator_loss(spec: StepSpec, g_params, state: GANState, z, w_d, w_t, alpha
     spec, lambda p, s: generate_train(spec, p, s, z), (g_params, state.g_batch_stats)
   )
   logits = jax.vmap(lambda x: d_logits(spec, state.d_params, state.d_state, x))(images)
-  adv = losses.generator_adversarial_loss(logits)  # [k]
+  adv = losses.GAN_LOSSES[spec.gan_loss].generator(logits)  # [k]
   trans = transfer_matrix(spec, images, feats, alpha)  # [k, k]
   total, gated_t = losses.gated_generator_losses(adv, trans, w_d, w_t)
   return total.sum(), (new_stats, adv, gated_t, total)

@@ -86,6 +86,7 @@ def step_spec(config) -> steps.StepSpec:
     transfer=config.graph.transfer,
     transfer_reduction=configlib.transfer_reduction(config),
     d_update=config.train.d_update,
+    gan_loss=configlib.gan_loss(config),
     ema=float(config.model.ema_decay) > 0,
     unroll=configlib.unroll_generators(config),
   )
@@ -144,38 +145,20 @@ _INIT_LOCK = threading.Lock()
 
 
 def init_structure_key(config) -> tuple:
-  """What fixes the initial state's shapes and code (the config part of `structure_key`)."""
-  m = config.model
-  return (
-    ("d_norm", configlib.d_norm(config)),
-    ("k", m.k),
-    ("z_dim", m.z_dim),
-    ("g_width", m.g_width),
-    ("d_width", m.d_width),
-    ("ema", float(m.ema_decay) > 0),
-    ("init", configlib.init_scheme(config)),
-    ("conv_impl", configlib.conv_impl(config)),
-    ("image_size", config.data.image_size),
-    ("transfer", config.graph.transfer),
-    ("transfer_reduction", configlib.transfer_reduction(config)),
-    ("d_update", config.train.d_update),
-    ("unroll", configlib.unroll_generators(config)),
-    ("dtype", config.dtype),
-    ("b1", float(config.optim.b1)),
-    ("b2", float(config.optim.b2)),
-  )
+  """What fixes the initial state's shapes and code (the config part of `structure_key`):
+  the fields of `configlib.FIELDS` marked compile='init'."""
+  return tuple((f.path, configlib.key_value(config, f)) for f in configlib.compile_fields("init"))
 
 
 def structure_key(config, mesh: jax.sharding.Mesh) -> tuple:
-  """What fixes the compiled step: shapes, code paths, mesh and compiler options.
+  """What fixes the compiled step: the fields of `configlib.FIELDS` marked compile='init'
+  or 'step', the mesh and the compiler options.
 
   Everything else a config holds (gates, alpha, seed, epochs, learning rates, EMA decay,
   data, evaluation, checkpoints) is either a traced input or not part of the step.
   """
-  t = config.train
   return (
-    *init_structure_key(config),
-    ("batch_size", t.batch_size),
+    *((f.path, configlib.key_value(config, f)) for f in configlib.compile_fields("step")),
     ("mesh", tuple(mesh.shape.items()), tuple(d.id for d in mesh.devices.flat)),
     ("compiler_options", tuple(sorted((parallel.compiler_options() or {}).items()))),
   )
