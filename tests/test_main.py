@@ -159,6 +159,39 @@ def test_bad_input_exits_2_with_one_line_and_leaves_workdir(
   assert snapshot(existing_workdir) == before
 
 
+def test_a_corrupt_latest_checkpoint_is_one_warning(tmp_path):
+  """The CLI falls back to the previous checkpoint with one warning line, and nothing
+  else on stderr that a user would read as a failure (no orbax tracebacks)."""
+  wd = str(tmp_path / "run")
+  r = run_cli(
+    "cgan_jax.main",
+    "--config=configs/cifar64.py",
+    *TINY,
+    "--config.num_epochs=2",
+    f"--workdir={wd}",
+  )
+  assert r.returncode == 0, r.stderr[-2000:]
+  data = os.path.join(wd, "checkpoints", "8", "default", "ocdbt.process_0", "d")
+  for name in os.listdir(data):  # the arrays' bytes, as a torn copy would leave them
+    path = os.path.join(data, name)
+    os.truncate(path, max(os.path.getsize(path) // 3, 1))
+  r = run_cli(
+    "cgan_jax.main",
+    "--config=configs/cifar64.py",
+    *TINY,
+    "--config.num_epochs=2",
+    f"--workdir={wd}",
+  )
+  assert r.returncode == 0, r.stderr[-2000:]
+  warnings = [line for line in r.stderr.splitlines() if line.startswith("W")]
+  assert len(warnings) == 1, warnings
+  assert "Checkpoint at step 8 could not be restored" in warnings[0]
+  assert warnings[0].endswith("; trying step 4.") and "TensorStore details" not in warnings[0]
+  assert "Traceback" not in r.stderr and "Event loop is closed" not in r.stderr
+  assert "Resumed from step 4" in r.stderr
+  assert os.path.isdir(os.path.join(wd, "corrupt", "8"))
+
+
 def test_unwritable_workdir_and_unknown_variant(tmp_path):
   blocker = tmp_path / "a_file"
   blocker.write_text("x")

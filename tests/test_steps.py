@@ -11,6 +11,7 @@ from cgan_jax.core import gates, graph, losses, steps
 from cgan_jax.errors import ConfigError
 from cgan_jax.run import builder
 
+from . import edge_losses
 from .conftest import build, real_batch, tiny_config
 
 
@@ -287,6 +288,6 @@ def test_phases_are_separate_pure_functions():
   assert set(m) == {"d_loss", "d_loss_real", "d_loss_fake", "d_acc_real", "d_acc_fake"}
   images = jax.random.uniform(jax.random.PRNGKey(2), (2, 3, 16, 16, 3), minval=-1, maxval=1)
   mat = steps.transfer_matrix(spec, images, (), 1000.0)
-  want = losses.image_transfer_loss(images[1], images[0], 1000.0)
+  want = edge_losses.image_transfer_loss(images[1], images[0], 1000.0)
   np.testing.assert_allclose(mat[0, 1], want, rtol=1e-6)
   assert float(mat[0, 0]) == 0.0

@@ -19,8 +19,6 @@ progress is a function of traced numbers too (`progress`), so neither does a new
 of epochs.
 """
 
-from collections.abc import Callable
-
 import jax
 import jax.numpy as jnp
 
@@ -65,21 +63,3 @@ def progress(step, *, num_epochs, steps_per_epoch, by_step) -> jax.Array:
   end = jnp.where(by_step, num_epochs * steps_per_epoch, num_epochs) - 1
   p = position.astype(jnp.float32) / jnp.maximum(end, 1).astype(jnp.float32)
   return jnp.where(end > 0, jnp.clip(p, 0.0, 1.0), 0.0)
-
-
-def make_progress_fn(
-  *, num_epochs: int, steps_per_epoch: int, mode: str = "epoch"
-) -> Callable[[jax.Array], jax.Array]:
-  """Returns progress(step) in [0, 1] for fixed E and steps per epoch (see `progress`).
-
-  Args:
-    num_epochs: E, the number of training epochs.
-    steps_per_epoch: optimizer steps per epoch.
-    mode: 'epoch' (p = e / (E - 1)) or 'step' (p = step / (E * steps_per_epoch - 1)).
-  """
-  if mode not in PROGRESS_MODES:
-    raise ValueError(f"unknown progress mode {mode!r}")
-  by_step = mode == "step"
-  return lambda step: progress(
-    step, num_epochs=num_epochs, steps_per_epoch=steps_per_epoch, by_step=by_step
-  )

@@ -27,19 +27,6 @@ _EPS = 1e-12
 REDUCTIONS = ("mean", "sum")
 
 
-def discriminator_loss(logits: jax.Array, label: int | jax.Array) -> jax.Array:
-  """Eq. (1): cross-entropy of D's softmax with a one-hot target.
-
-  Args:
-    logits: [b, k + 1] discriminator logits.
-    label: the target class: i for images of G_i, k for real images.
-
-  Returns:
-    Scalar, -sum_m t_m log d_m averaged over the batch.
-  """
-  return discriminator_loss_per_image(logits, label).mean()
-
-
 def discriminator_loss_per_image(logits: jax.Array, label: int | jax.Array) -> jax.Array:
   """Eq. (1) for each image: [b, k + 1] logits, int label(s) -> [b] cross-entropies."""
   labels = jnp.broadcast_to(jnp.asarray(label, jnp.int32), logits.shape[:1])
@@ -207,45 +194,6 @@ def pairwise_transfer_losses(
   zero = jnp.zeros((), jnp.float32)
   rows = [jnp.stack([entries.get((t, s), zero) for s in range(k)]) for t in range(k)]
   return alpha * jnp.stack(rows)
-
-
-def feature_transfer_loss(
-  student: list[jax.Array], teacher: list[jax.Array], alpha: float, reduction: str = "mean"
-) -> jax.Array:
-  """Eq. (4) for one edge: attention transfer over M layers.
-
-  Args:
-    student: M feature maps of G_s, each [b, h, w, c].
-    teacher: the matching M feature maps of G_t.
-    alpha: the loss scale.
-    reduction: 'mean' or 'sum' over positions (see the module docstring).
-
-  Returns:
-    Scalar loss; the teacher receives no gradient.
-  """
-  terms = [
-    squared_difference(attention_map(fs), jax.lax.stop_gradient(attention_map(ft)), reduction)
-    for fs, ft in zip(student, teacher, strict=True)
-  ]
-  return alpha * jnp.mean(jnp.stack(terms))
-
-
-def image_transfer_loss(
-  student: jax.Array, teacher: jax.Array, alpha: float, reduction: str = "mean"
-) -> jax.Array:
-  """Eq. (5) for one edge: transfer of the generated images.
-
-  Args:
-    student: [b, h, w, c] images of G_s.
-    teacher: [b, h, w, c] images of G_t from the same z.
-    alpha: the loss scale.
-    reduction: 'mean' or 'sum' over positions (see the module docstring).
-
-  Returns:
-    Scalar loss; the teacher receives no gradient.
-  """
-  teacher_rep = jax.lax.stop_gradient(image_representation(teacher))
-  return alpha * squared_difference(image_representation(student), teacher_rep, reduction)
 
 
 def gated_generator_losses(

@@ -131,18 +131,21 @@ def restore_latest(manager: ocp.CheckpointManager, target, workdir: str):
   """
   steps = sorted(manager.all_steps(), reverse=True)
   failures = []
-  for step in steps:
+  for i, step in enumerate(steps):
     try:
       state = manager.restore(step, args=ocp.args.StandardRestore(target))
-      if failures:
-        logging.warning("Resumed from the older checkpoint at step %d.", step)
       return state, step
     except Exception as e:  # noqa: BLE001 - any failure means this checkpoint is unusable
-      reason = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
+      reason = _first_line(e)
       failures.append((step, reason))
       moved = _move_aside(manager, workdir, step)
+      then = f"trying step {steps[i + 1]}" if i + 1 < len(steps) else "no older one"
       logging.warning(
-        "Checkpoint at step %d could not be restored (%s); moved it to %s.", step, reason, moved
+        "Checkpoint at step %d could not be restored (%s); moved it to %s; %s.",
+        step,
+        reason,
+        moved,
+        then,
       )
   corrupt = os.path.join(workdir, CORRUPT_DIR)
   if not failures and os.path.isdir(corrupt) and os.listdir(corrupt):
@@ -184,7 +187,10 @@ def _move_aside(manager: ocp.CheckpointManager, workdir: str, step: int) -> str:
 
 
 def _first_line(e: BaseException) -> str:
-  return (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+  """The first line of an error, without TensorStore's repr of its spec (a few hundred
+  characters of a bound method's address)."""
+  line = (str(e).strip().splitlines() or [type(e).__name__])[0]
+  return line.split(" See full TensorStore details")[0][:300]
 
 
 def restore_step(workdir: str, which: str, target):

@@ -26,6 +26,7 @@ import optuna  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
 from cgan_jax.core import gates as gates_lib  # noqa: E402
+from cgan_jax.core import graph as graph_lib  # noqa: E402
 from cgan_jax.quality import registry  # noqa: E402
 from cgan_jax.search import study as study_lib  # noqa: E402
 
@@ -156,18 +157,20 @@ def distinct_graphs(study: optuna.Study) -> dict[str, int]:
 
 
 def parse_graph(gates_d: str, gates_transfer: str) -> nx.DiGraph:
-  """The graph of one trial: edges D -> G_i and G_t -> G_s with a 'gate' attribute."""
+  """The graph of one trial: edges D -> G_i and G_t -> G_s with a 'gate' attribute (the
+  gates' text read by `core.graph`'s parsers, the one reading of that form)."""
+  k = len(gates_d.split(",")) if gates_d.strip() else len(gates_transfer.split(";"))
+  d_ids = graph_lib.parse_gates_d(gates_d, k)
+  t_ids = graph_lib.parse_gates_transfer(gates_transfer, k)
   g = nx.DiGraph()
-  d_gates = gates_d.split(",")
-  k = len(d_gates)
   g.add_node("D")
   for i in range(k):
     g.add_node(f"G{i + 1}")
-    g.add_edge("D", f"G{i + 1}", gate=d_gates[i])
-  for t, row in enumerate(gates_transfer.split(";")):
-    for s, gate in enumerate(row.split(",")):
+    g.add_edge("D", f"G{i + 1}", gate=gates_lib.GATE_NAMES[int(d_ids[i])])
+  for t in range(k):
+    for s in range(k):
       if t != s:
-        g.add_edge(f"G{t + 1}", f"G{s + 1}", gate=gate.strip())
+        g.add_edge(f"G{t + 1}", f"G{s + 1}", gate=gates_lib.GATE_NAMES[int(t_ids[t, s])])
   return g
 
 

@@ -10,6 +10,7 @@ and the k(k - 1) transfer edges G_t -> G_s, t != s (gate of L_t,s, row t = teach
 import copy
 
 import ml_collections
+import numpy as np
 
 from cgan_jax import configlib
 from cgan_jax.core import gates as gates_lib
@@ -107,13 +108,17 @@ def suggest(trial, config) -> dict:
 
 
 def graph_text(params: dict, k: int) -> tuple[str, str]:
-  """(gates_d, gates_transfer) in the text form `--config.graph.gates_*` accept."""
-  d_names, t_edges = edges(k)
-  gates_d = ",".join(params[n] for n in d_names)
-  rows = []
+  """(gates_d, gates_transfer) in the text form `--config.graph.gates_*` accept, written by
+  `core.graph`'s writers (the one writing of that form)."""
+  d_names, _ = edges(k)
+  ids = gates_lib.GATE_NAMES.index
+  d_ids = np.array([ids(params[n]) for n in d_names], np.int32)
+  t_ids = np.full((k, k), gates_lib.CUTOFF, np.int32)
   for t in range(k):
-    rows.append(",".join("-" if t == s else params[edge_name(t, s)] for s in range(k)))
-  return gates_d, ";".join(rows)
+    for s in range(k):
+      if t != s:
+        t_ids[t, s] = ids(params[edge_name(t, s)])
+  return graph_lib.format_gates_d(d_ids), graph_lib.format_gates_transfer(t_ids)
 
 
 def trial_config(config, params: dict) -> ml_collections.ConfigDict:

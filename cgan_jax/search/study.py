@@ -486,12 +486,35 @@ def _reporter(trial, config):
   return report
 
 
-def make_objective(config, study_dir: str, journal: bool, config_spec: str, overrides: list[str]):
-  """The Optuna objective: trains one graph; returns its best evaluation's objective."""
-  s = config.search
+class Objective:
+  """The Optuna objective: trains one graph; returns its best evaluation's objective.
 
-  def train_trial(trial: optuna.Trial) -> float:
-    params, workdir, twin = _prepare_trial(trial, config, study_dir, config_spec, overrides)
+  It also keeps where its latest trial got to, which `run_worker` reads once
+  `study.optimize` returns or raises:
+
+  Attributes:
+    trial_id: the latest trial's id (None before the first).
+    reached: None, 'running', 'done' (Optuna may refuse the final tell of a trial another
+      worker took over), 'taken' (Optuna refused a write: another worker took it),
+      SURPLUS or INTERRUPTED.
+    interrupted: an INTERRUPTED trial's message.
+    heartbeat: the journal store's `Heartbeat` (None on an RDB).
+  """
+
+  def __init__(self, config, study_dir: str, journal: bool, config_spec: str, overrides):
+    self.config, self.study_dir = config, study_dir
+    self.config_spec, self.overrides = config_spec, overrides
+    self.heartbeat = Heartbeat(study_dir, config.search.heartbeat_s) if journal else None
+    self.reset()
+
+  def reset(self) -> None:
+    self.trial_id, self.reached, self.interrupted = None, None, ""
+
+  def train_trial(self, trial: optuna.Trial) -> float:
+    config = self.config
+    params, workdir, twin = _prepare_trial(
+      trial, config, self.study_dir, self.config_spec, self.overrides
+    )
     if twin is not None:
       return twin.value
     start = time.time()
@@ -505,22 +528,21 @@ def make_objective(config, study_dir: str, journal: bool, config_spec: str, over
     try:
       return _finish_trial(trial, config, result, start, time.time() - start, None)
     except SearchInterrupted as e:
-      objective.interrupted = str(e)
+      self.interrupted = str(e)
       raise
 
-  def objective(trial: optuna.Trial) -> float:
-    # Where the trial got to, for `run_worker` to tell a trial another worker took over
-    # ("taken": Optuna refused a write; "done": it may refuse the final tell) from a bug.
-    objective.trial_id, objective.reached = trial._trial_id, "running"
+  def __call__(self, trial: optuna.Trial) -> float:
+    s = self.config.search
+    self.trial_id, self.reached = trial._trial_id, "running"
     # Alive from the first moment: this process's identity (a live pid on this host is
     # never failed as stale), and on the journal store a heartbeat that `run_worker` stops
     # only once Optuna has told the trial's end.
     for key, value in worker_attrs().items():
       trial.set_user_attr(key, value)
-    if objective.heartbeat is not None:
-      objective.heartbeat.start(trial.number)
+    if self.heartbeat is not None:
+      self.heartbeat.start(trial.number)
     if is_surplus(trial.study, trial.number, s.num_trials):
-      objective.reached = SURPLUS
+      self.reached = SURPLUS
       trial.set_user_attr(
         SURPLUS, "another worker started the study's last trial at the same moment"
       )
@@ -531,22 +553,18 @@ def make_objective(config, study_dir: str, journal: bool, config_spec: str, over
       )
       raise SurplusTrial(trial.number)
     try:
-      value = train_trial(trial)
+      value = self.train_trial(trial)
     except SearchInterrupted:
-      objective.reached = INTERRUPTED
+      self.reached = INTERRUPTED
       raise
     except optuna.TrialPruned:
-      objective.reached = "done"
+      self.reached = "done"
       raise
     except optuna.exceptions.UpdateFinishedTrialError:
-      objective.reached = "taken"
+      self.reached = "taken"
       raise
-    objective.reached = "done"
+    self.reached = "done"
     return value
-
-  objective.trial_id, objective.reached, objective.interrupted = None, None, ""
-  objective.heartbeat = Heartbeat(study_dir, s.heartbeat_s) if journal else None
-  return objective
 
 
 def _tell(study: optuna.Study, trial: optuna.Trial, **kwargs) -> bool:
@@ -754,7 +772,7 @@ def run_worker(
     sampler=make_sampler(s, (worker_index, len(study.trials))),
     pruner=make_pruner(s),
   )
-  objective = make_objective(config, study_dir, journal, config_spec, overrides)
+  objective = Objective(config, study_dir, journal, config_spec, overrides)
   start, done_here = time.time(), 0
   optuna.logging.set_verbosity(optuna.logging.WARNING)
   while True:
@@ -775,7 +793,7 @@ def run_worker(
       )
       _log_progress(study, s, done_here, start)
       continue
-    objective.trial_id, objective.reached = None, None
+    objective.reset()
     try:
       study.optimize(
         objective, n_trials=1, gc_after_trial=False, catch=(SurplusTrial, SearchInterrupted)
