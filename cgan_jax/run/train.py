@@ -250,196 +250,249 @@ def train_and_evaluate(
       the workdir is touched.
     TrainingDiverged: a loss became non-finite; the last good checkpoint stays.
   """
-  configlib.validate_config(config)
-  program = builder.build(config)
-  check_workdir(workdir, config)
-  images = input_pipeline.load_images(config)
-  evaluator = evaluator_lib.make_training_evaluator(config, images)
+  return _SoloRun(config, workdir, callbacks).run()
 
-  spe = input_pipeline.steps_per_epoch(len(images), config.train.batch_size)
-  total_steps = spe * config.num_epochs
-  init_key, eval_key = jax.random.split(jax.random.PRNGKey(config.seed))
-  state = program.init_state(config, init_key)
 
-  os.makedirs(workdir, exist_ok=True)
-  write_config(workdir, config)
-  manager = checkpointing.make_manager(workdir, config.checkpoint.keep)
-  for sub in (checkpointing.LATEST_DIR, checkpointing.BEST_DIR):  # a write cut off earlier
-    checkpointing.remove_temporary(os.path.join(workdir, sub))
-  restored = checkpointing.restore_latest(manager, state, workdir)
+class _SoloRun:
+  """One run of `train_and_evaluate` as short named pieces: `resume` (the workdir and its
+  latest checkpoint), `start_outputs`, the epoch loop (`train_epochs`, `train_epoch`) and
+  `evaluate` (grids, scores, the scores record, the best checkpoint, the callbacks)."""
 
-  def eval_due(at: int) -> bool:  # at the end of an epoch
-    return at // spe % config.eval.every_epochs == 0 or at >= total_steps
+  def __init__(self, config, workdir: str, callbacks: Sequence[Callback]):
+    configlib.validate_config(config)
+    self.config, self.workdir, self.callbacks = config, workdir, list(callbacks)
+    self.program = builder.build(config)
+    check_workdir(workdir, config)
+    self.images = input_pipeline.load_images(config)
+    self.evaluator = evaluator_lib.make_training_evaluator(config, self.images)
+    self.spe = input_pipeline.steps_per_epoch(len(self.images), config.train.batch_size)
+    self.total_steps = self.spe * config.num_epochs
+    init_key, self.eval_key = jax.random.split(jax.random.PRNGKey(config.seed))
+    self.state = self.program.init_state(config, init_key)
+    self.manager = self.best_manager = self.writer = self.report = self.stop = None
+    self.last_good: int | None = None
+    self.pending_eval = False
+    self.history: list[dict] = []
+    self.stopped: str | None = None
+    self.step = self.first_step = 0
 
-  last_good = None
-  pending_eval = False
-  if restored is not None:
-    state, last_good = restored
+  def run(self) -> RunResult:
+    finished = self.resume()
+    if finished is not None:
+      return finished
+    self.start_outputs()
+    try:
+      with _StopSignal() as stop:  # also over the final checkpoint write (see `_StopSignal`)
+        self.stop = stop
+        try:
+          self.train_epochs()
+        finally:  # also on an error or interrupt: a checkpoint being written is finished
+          checkpointing.close(self.manager)
+          checkpointing.close(self.best_manager)
+    finally:
+      self.writer.close()
+    records = scores_lib.read(self.workdir)
+    seconds = time.perf_counter() - self.t_start
+    _summary(
+      self.workdir, self.first_step, self.step, self.total_steps, seconds, records, self.stopped
+    )
+    return RunResult(self.state, records, self.stopped)
+
+  # -- resume -----------------------------------------------------------------------------
+
+  def eval_due(self, at: int) -> bool:  # at the end of an epoch
+    return at // self.spe % self.config.eval.every_epochs == 0 or at >= self.total_steps
+
+  def resume(self) -> RunResult | None:
+    """Opens the workdir and restores its latest checkpoint; the result at once when the run
+    is already finished."""
+    config, workdir = self.config, self.workdir
+    os.makedirs(workdir, exist_ok=True)
+    write_config(workdir, config)
+    self.manager = checkpointing.make_manager(workdir, config.checkpoint.keep)
+    for sub in (checkpointing.LATEST_DIR, checkpointing.BEST_DIR):  # a write cut off earlier
+      checkpointing.remove_temporary(os.path.join(workdir, sub))
+    restored = checkpointing.restore_latest(self.manager, self.state, workdir)
+    if restored is None:
+      return None
+    self.state, self.last_good = restored
     records = scores_lib.read(workdir)
     # The checkpoint is saved before the epoch's evaluation, so a run stopped while
     # evaluating resumes by evaluating that step first (no training is repeated).
-    pending_eval = (
-      evaluator is not None
-      and last_good % spe == 0
-      and eval_due(last_good)
-      and not any(r.get("step") == last_good for r in records)
+    self.pending_eval = (
+      self.evaluator is not None
+      and self.last_good % self.spe == 0
+      and self.eval_due(self.last_good)
+      and not any(r.get("step") == self.last_good for r in records)
     )
-    if last_good >= total_steps and not pending_eval:
-      manager.close()
+    if self.last_good >= self.total_steps and not self.pending_eval:
+      self.manager.close()
       logging.info(
         "%s is already finished (step %d of %d); nothing to train. Raise "
         "--config.num_epochs to continue it.",
         workdir,
-        last_good,
-        total_steps,
+        self.last_good,
+        self.total_steps,
       )
-      return RunResult(state, records, None)
-    logging.info("Resumed from step %d in %s", last_good, workdir)
+      return RunResult(self.state, records, None)
+    logging.info("Resumed from step %d in %s", self.last_good, workdir)
+    return None
 
-  writer = writers.make_writer(workdir, just_logging=jax.process_index() > 0)
-  writer.write_hparams(_flatten_hparams(config))
-  best_manager = None
-  if evaluator is not None:
-    best_manager = checkpointing.make_best_manager(workdir, evaluator.selection[1])
-
-  hparams = program.hparams(config, spe)
-  grid_z = generate.latents(
-    jax.random.fold_in(eval_key, 0), config.eval.num_grid, config.model.z_dim
-  )
-  step = first_step = int(state.step)
-  report = writers.make_progress(
-    total_steps,
-    config.train.log_every_steps,
-    evaluation_plan(config, spe) if evaluator is not None else (),
-  )
-  logging.info(
-    "Training %s, k=%d, %d steps/epoch, steps %d..%d on %d device(s).",
-    config.method,
-    config.model.k,
-    spe,
-    step,
-    total_steps,
-    program.mesh.devices.size,
-  )
-  if "step_on_raw" not in program.traces:
-    logging.info(
-      "Compiling the training step (once per structure; later processes read it from the "
-      "compilation cache)..."
+  def start_outputs(self) -> None:
+    """The writers, the best checkpoint's manager, the progress line and the first log."""
+    config, program = self.config, self.program
+    self.writer = writers.make_writer(self.workdir, just_logging=jax.process_index() > 0)
+    self.writer.write_hparams(_flatten_hparams(config))
+    if self.evaluator is not None:
+      self.best_manager = checkpointing.make_best_manager(self.workdir, self.evaluator.selection[1])
+    self.hparams = program.hparams(config, self.spe)
+    self.grid_z = generate.latents(
+      jax.random.fold_in(self.eval_key, 0), config.eval.num_grid, config.model.z_dim
     )
-  history: list[dict] = []
-  t_start = time.perf_counter()
-  stopped = None
+    self.step = self.first_step = int(self.state.step)
+    self.report = writers.make_progress(
+      self.total_steps,
+      config.train.log_every_steps,
+      evaluation_plan(config, self.spe) if self.evaluator is not None else (),
+    )
+    logging.info(
+      "Training %s, k=%d, %d steps/epoch, steps %d..%d on %d device(s).",
+      config.method,
+      config.model.k,
+      self.spe,
+      self.step,
+      self.total_steps,
+      program.mesh.devices.size,
+    )
+    if "step_on_raw" not in program.traces:
+      logging.info(
+        "Compiling the training step (once per structure; later processes read it from the "
+        "compilation cache)..."
+      )
+    self.t_start = time.perf_counter()
 
-  def save_checkpoint():
-    nonlocal last_good, history
-    _check_finite(history, step, last_good, workdir)
-    _log(writer, history, step)
-    history = []
-    checkpointing.save(manager, step, state)
-    last_good = step
+  # -- the epoch loop -----------------------------------------------------------------------
 
-  def evaluate() -> bool:
-    """The sample grids and (with an evaluator) the scores of `state` at `step`, the end of
-    an epoch; True when a callback asks the run to stop."""
-    last = step >= total_steps
-    write_sample_grids(writer, workdir, program.generate, state, grid_z, step, config.model.k)
+  def train_epochs(self) -> None:
+    stop = self.stop
+    if stop.received is not None:  # before anything was trained: nothing to save
+      self.stopped = stop.received
+      logging.warning("Received %s before training started: stopping.", self.stopped)
+      return
+    if self.pending_eval:
+      logging.info("Evaluating step %d, which the previous process did not finish.", self.step)
+      if self.evaluate_or_stop():
+        return
+    while self.step < self.total_steps and self.stopped is None:
+      self.train_epoch()
+      if stop.received is not None:
+        self.stopped = stop.received
+        logging.warning(
+          "Received %s at step %d: saving a checkpoint and exiting.", self.stopped, self.step
+        )
+        self.save_checkpoint()
+        return
+      if self.step // self.spe % self.config.checkpoint.every_epochs == 0 or (
+        self.step >= self.total_steps
+      ):
+        self.save_checkpoint()  # before evaluating: a run killed while evaluating keeps it
+      if self.eval_due(self.step):
+        self.evaluate_or_stop()
+
+  def train_epoch(self) -> None:
+    """The rest of the current epoch, or until a signal."""
+    config, program, stop = self.config, self.program, self.stop
+    epoch, start = divmod(self.step, self.spe)
+    batches = input_pipeline.EpochBatches(
+      self.images,
+      config.train.batch_size,
+      config.seed,
+      epoch,
+      start,
+      jax.process_index(),
+      jax.process_count(),
+    )
+    for raw in input_pipeline.prefetch_to_device(
+      batches, config.data.prefetch, program.data_sharding
+    ):
+      self.state, metrics = program.step_on_raw(self.state, raw, self.hparams)
+      self.step += 1
+      self.history.append(metrics)
+      if self.step == self.first_step + 1:
+        jax.block_until_ready(metrics)  # compiled and run: the progress clock starts here
+        stop.arm()  # from now on a signal stops the run with a checkpoint
+      if self.step % config.train.log_every_steps == 0:
+        # waits for the step (device_get)
+        _check_finite(self.history, self.step, self.last_good, self.workdir)
+        _log(self.writer, self.history, self.step)
+        self.history = []
+      rate = self.report(self.step)  # after the wait above, so the rate is of finished steps
+      if rate is not None:
+        self.writer.write_scalars(self.step, {"steps_per_sec": rate})
+      if stop.received is not None:
+        return
+
+  def save_checkpoint(self) -> None:
+    _check_finite(self.history, self.step, self.last_good, self.workdir)
+    _log(self.writer, self.history, self.step)
+    self.history = []
+    checkpointing.save(self.manager, self.step, self.state)
+    self.last_good = self.step
+
+  # -- evaluate and record ------------------------------------------------------------------
+
+  def evaluate_or_stop(self) -> bool:
+    """`evaluate`, and what stops the run after it: a signal during it (the step's
+    checkpoint is saved, the next start evaluates it) or a callback. True when it stops."""
+    try:
+      wants_stop = self.evaluate()
+    except evaluator_lib.EvaluationInterrupted:
+      self.stopped = self.stop.received
+      _log_interrupted_evaluation(self.stopped, self.step)
+      if self.last_good != self.step:
+        self.save_checkpoint()
+      return True
+    if wants_stop:
+      self.stopped = "callback"
+      logging.info("A callback asked to stop after step %d: saving a checkpoint.", self.step)
+      if self.last_good != self.step:
+        self.save_checkpoint()
+      return True
+    return False
+
+  def evaluate(self) -> bool:
+    """The sample grids and (with an evaluator) the scores of the state at this step, the
+    end of an epoch; True when a callback asks the run to stop."""
+    config, step, state, evaluator = self.config, self.step, self.state, self.evaluator
+    last = step >= self.total_steps
+    write_sample_grids(
+      self.writer, self.workdir, self.program.generate, state, self.grid_z, step, config.model.k
+    )
     if evaluator is None:
       return False
     num = config.eval.final_num_samples if last else config.eval.num_samples
     t_eval = time.perf_counter()
+    stop = self.stop
     scores = evaluator.evaluate(
-      program.generate,
+      self.program.generate,
       state,
-      jax.random.fold_in(eval_key, 1),
+      jax.random.fold_in(self.eval_key, 1),
       num,
       should_stop=lambda: stop.received is not None,
     )
     eval_s = time.perf_counter() - t_eval
-    report.evaluated(eval_s, num)
-    log_scores(writer, evaluator, scores, step, num, eval_s)
-    record = evaluator.record(scores, step=step, epoch=step // spe, num_samples=num)
+    self.report.evaluated(eval_s, num)
+    log_scores(self.writer, evaluator, scores, step, num, eval_s)
+    record = evaluator.record(scores, step=step, epoch=step // self.spe, num_samples=num)
     record.update(
       final=last,
       eval_s=round(eval_s, 2),
-      process_s=round(time.perf_counter() - t_start, 2),
+      process_s=round(time.perf_counter() - self.t_start, 2),
     )
     if jax.process_index() == 0:
-      scores_lib.append(workdir, record)
-    save_best(best_manager, evaluator, scores, step, state)
-    return any([bool(cb(record)) for cb in callbacks]) and not last
-
-  with _StopSignal() as stop:  # also over the final checkpoint write (see `_StopSignal`)
-    try:
-      if stop.received is not None:  # before anything was trained: nothing to save
-        stopped = stop.received
-        logging.warning("Received %s before training started: stopping.", stopped)
-      elif pending_eval:
-        logging.info("Evaluating step %d, which the previous process did not finish.", step)
-        try:
-          if evaluate():
-            stopped = "callback"
-        except evaluator_lib.EvaluationInterrupted:
-          stopped = stop.received
-          _log_interrupted_evaluation(stopped, step)
-
-      while step < total_steps and stopped is None:
-        epoch, start = divmod(step, spe)
-        batches = input_pipeline.EpochBatches(
-          images,
-          config.train.batch_size,
-          config.seed,
-          epoch,
-          start,
-          jax.process_index(),
-          jax.process_count(),
-        )
-        for raw in input_pipeline.prefetch_to_device(
-          batches, config.data.prefetch, program.data_sharding
-        ):
-          state, metrics = program.step_on_raw(state, raw, hparams)
-          step += 1
-          history.append(metrics)
-          if step == first_step + 1:
-            jax.block_until_ready(metrics)  # compiled and run: the progress clock starts here
-            stop.arm()  # from now on a signal stops the run with a checkpoint
-          if step % config.train.log_every_steps == 0:
-            _check_finite(history, step, last_good, workdir)  # waits for the step (device_get)
-            _log(writer, history, step)
-            history = []
-          rate = report(step)  # after the wait above, so the rate is of finished steps
-          if rate is not None:
-            writer.write_scalars(step, {"steps_per_sec": rate})
-          if stop.received is not None:
-            break
-        if stop.received is not None:
-          stopped = stop.received
-          logging.warning("Received %s at step %d: saving a checkpoint and exiting.", stopped, step)
-          save_checkpoint()
-          break
-        if step // spe % config.checkpoint.every_epochs == 0 or step >= total_steps:
-          save_checkpoint()  # before evaluating: a run killed while evaluating keeps its training
-        if not eval_due(step):
-          continue
-        try:
-          wants_stop = evaluate()
-        except evaluator_lib.EvaluationInterrupted:
-          stopped = stop.received
-          _log_interrupted_evaluation(stopped, step)
-          if last_good != step:
-            save_checkpoint()
-          break
-        if wants_stop:
-          stopped = "callback"
-          logging.info("A callback asked to stop after step %d: saving a checkpoint.", step)
-          if last_good != step:
-            save_checkpoint()
-    finally:  # also on an error or interrupt: a checkpoint being written is finished
-      checkpointing.close(manager)
-      checkpointing.close(best_manager)
-  writer.close()
-  records = scores_lib.read(workdir)
-  _summary(workdir, first_step, step, total_steps, time.perf_counter() - t_start, records, stopped)
-  return RunResult(state, records, stopped)
+      scores_lib.append(self.workdir, record)
+    save_best(self.best_manager, evaluator, scores, step, state)
+    return any([bool(cb(record)) for cb in self.callbacks]) and not last
 
 
 def _log_interrupted_evaluation(signal_name, step: int) -> None:
