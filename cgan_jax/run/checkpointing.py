@@ -7,6 +7,7 @@ Layout under the workdir:
   corrupt/<step>/       checkpoints that failed to restore, moved aside (never deleted)
 """
 
+import json
 import os
 import shutil
 
@@ -31,7 +32,19 @@ def make_manager(workdir: str, keep: int) -> ocp.CheckpointManager:
 
 
 def make_best_manager(workdir: str, mode: str) -> ocp.CheckpointManager:
-  """Keeps the single best checkpoint by metrics['selection'] (mode 'max' or 'min')."""
+  """Keeps the single best checkpoint by metrics['selection'] (mode 'max' or 'min').
+
+  A best checkpoint whose metrics cannot be read (orbax would fail to open the folder) is
+  moved aside first (`_move_best_aside`, one warning)."""
+  for step in _steps_in(os.path.join(workdir, BEST_DIR)):
+    path = os.path.join(workdir, BEST_DIR, str(step), "metrics", "metrics")
+    try:
+      with open(path) as f:
+        json.load(f)
+    except FileNotFoundError:
+      continue  # saved without metrics: orbax's own rules apply
+    except (OSError, ValueError) as e:
+      _move_best_aside(workdir, step, f"its metrics: {_first_line(e)}")
   options = ocp.CheckpointManagerOptions(
     max_to_keep=1,
     create=True,
@@ -165,6 +178,38 @@ def restore_latest(manager: ocp.CheckpointManager, target, workdir: str):
       "to start afresh over existing work: use a new --workdir or remove the workdir"
     )
   return None
+
+
+def check_best(manager: ocp.CheckpointManager, target, workdir: str) -> None:
+  """At a resume: the best checkpoint (`best/`) must be readable, or `sample`/`evaluate
+  --checkpoint=best` would find out only after training. An unreadable one is moved aside
+  (`_move_best_aside`, one warning); the next evaluation then starts a new best."""
+  steps = sorted(manager.all_steps())
+  if not steps:
+    return
+  try:
+    manager.restore(steps[-1], args=ocp.args.StandardRestore(target))
+  except Exception as e:  # noqa: BLE001 - any failure means this checkpoint is unusable
+    _move_best_aside(workdir, steps[-1], _first_line(e))
+    manager.reload()
+
+
+def _move_best_aside(workdir: str, step: int, reason: str) -> None:
+  """Moves best/<step> to corrupt/best_<step> (a free name), with one warning."""
+  dst = os.path.join(workdir, CORRUPT_DIR, f"best_{step}")
+  os.makedirs(os.path.dirname(dst), exist_ok=True)
+  n = 1
+  while os.path.exists(dst):
+    dst = os.path.join(workdir, CORRUPT_DIR, f"best_{step}.{n}")
+    n += 1
+  shutil.move(os.path.join(workdir, BEST_DIR, str(step)), dst)
+  logging.warning(
+    "The best checkpoint (step %d) cannot be read (%s); moved it to %s; the next "
+    "evaluation starts a new best.",
+    step,
+    reason,
+    dst,
+  )
 
 
 def restore_at(manager: ocp.CheckpointManager, step: int, target):

@@ -553,6 +553,10 @@ class _PopulationLoop:
     if restored is not None:
       state, mem.step = restored
       mem.last_good = mem.step
+      if evaluator is not None:  # a resume: is the best checkpoint still readable?
+        best = checkpointing.make_best_manager(wd, evaluator.selection[1])
+        checkpointing.check_best(best, state, wd)
+        checkpointing.close(best)
     mem.first_step = mem.step
     return mem, state
 

@@ -345,6 +345,8 @@ class _SoloRun:
     self.writer.write_hparams(_flatten_hparams(config))
     if self.evaluator is not None:
       self.best_manager = checkpointing.make_best_manager(self.workdir, self.evaluator.selection[1])
+      if self.last_good is not None:  # a resume: is the best one still readable?
+        checkpointing.check_best(self.best_manager, self.state, self.workdir)
     self.hparams = program.hparams(config, self.spe)
     self.grid_z = generate.latents(
       jax.random.fold_in(self.eval_key, 0), config.eval.num_grid, config.model.z_dim
