@@ -634,10 +634,11 @@ def collect(protocol: Protocol, out: str) -> list[dict]:
 
 
 def _mean_std(values: list[float]) -> str:
-  import numpy as np
+  """'mean ± std' over seeds, with `analysis.runs.mean_std` (the sample std, ddof = 1)."""
+  from cgan_jax.analysis import runs
 
-  v = np.asarray(values, np.float64)
-  return f"{v.mean():.1f} ± {v.std():.1f}" if len(v) > 1 else f"{v.mean():.1f}"
+  mean, std = runs.mean_std(values)
+  return f"{mean:.1f}" if std is None else f"{mean:.1f} ± {std:.1f}"
 
 
 def _table_rows(entries: list[dict]) -> list[dict]:
@@ -695,7 +696,8 @@ def write_table(entries: list[dict], out: str, rule: str = "cpu") -> str:
     )
   lines += [
     "",
-    "Per method, the best generator of each run (lowest final FID), mean ± std over seeds:",
+    "Per method, the best generator of each run (lowest final FID), mean ± std over seeds "
+    "(sample std, ddof = 1):",
     "",
     "| method | seeds | FID final, best G | FID best over evaluations, best G |",
     "|---|---|---|---|",
@@ -775,7 +777,8 @@ def _write_paper_table(entries: list[dict], out: str, rule: str) -> str:
   metric = "IS" if has_is else "FID"
   lines += [
     "",
-    f"Per method, the best generator of each run by its {metric} {name}, mean ± std over seeds:",
+    f"Per method, the best generator of each run by its {metric} {name}, mean ± std over seeds "
+    "(sample std, ddof = 1):",
     "",
     f"| method | seeds | IS {name} | FID {name} |",
     "|---|---|---|---|",

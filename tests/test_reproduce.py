@@ -346,3 +346,12 @@ def test_paper_tiny_protocol_trains_a_population_and_scores_the_selected_checkpo
   r = run_cli("cgan_jax.reproduce", *args, timeout=300)
   assert r.returncode == 0 and "scoring the selected" not in r.stderr
   assert (tmp_path / "runs" / "proposed_seed0" / "selected.json").read_bytes() == before
+
+
+def test_reproduce_and_analyze_share_one_std():
+  """One convention for 'mean ± std over seeds': the sample std (ddof = 1)."""
+  from cgan_jax.analysis import runs
+
+  assert runs.mean_std([1.0, 3.0]) == (2.0, pytest.approx(2**0.5))
+  assert reproduce._mean_std([1.0, 3.0]) == "2.0 ± 1.4"
+  assert reproduce._mean_std([5.0]) == "5.0"

@@ -93,7 +93,9 @@ def pick_record(run: Run, generator: int, pick: str) -> dict:
   return run.records[int(np.argmin([g["fid"] for g in gens]))]
 
 
-def _mean_std(values: list[float]) -> tuple[float, float | None]:
+def mean_std(values: list[float]) -> tuple[float, float | None]:
+  """Mean and std over seeds: the sample std (ddof = 1; for two seeds, the range / sqrt 2),
+  the one convention of `analyze table` and `reproduce`; None for a single value."""
   a = np.asarray(values, np.float64)
   return float(a.mean()), (float(a.std(ddof=1)) if len(a) > 1 else None)
 
@@ -125,11 +127,11 @@ def table_rows(runs: list[Run], pick: str) -> list[dict]:
         "weights": " / ".join(sorted({rec.get("weights", "") for rec in picked})),
       }
       if all("is" in x for x in gens):
-        row["is_mean"], row["is_seed_std"] = _mean_std([x["is"] for x in gens])
+        row["is_mean"], row["is_seed_std"] = mean_std([x["is"] for x in gens])
         row["is_split_std"] = float(np.mean([x.get("is_std", 0.0) for x in gens]))
-      row["fid_mean"], row["fid_seed_std"] = _mean_std([x["fid"] for x in gens])
+      row["fid_mean"], row["fid_seed_std"] = mean_std([x["fid"] for x in gens])
       for name in extra_metrics(gens):  # every other metric of the registry they all hold
-        row[f"{name}_mean"], row[f"{name}_seed_std"] = _mean_std([x[name] for x in gens])
+        row[f"{name}_mean"], row[f"{name}_seed_std"] = mean_std([x[name] for x in gens])
       rows.append(row)
   return rows
 
