@@ -163,25 +163,14 @@ def test_a_corrupt_latest_checkpoint_is_one_warning(tmp_path):
   """The CLI falls back to the previous checkpoint with one warning line, and nothing
   else on stderr that a user would read as a failure (no orbax tracebacks)."""
   wd = str(tmp_path / "run")
-  r = run_cli(
-    "cgan_jax.main",
-    "--config=configs/cifar64.py",
-    *TINY,
-    "--config.num_epochs=2",
-    f"--workdir={wd}",
-  )
+  args = ("--config=configs/cifar64.py", *TINY, "--config.num_epochs=2", f"--workdir={wd}")
+  r = run_cli("cgan_jax.main", *args)
   assert r.returncode == 0, r.stderr[-2000:]
   data = os.path.join(wd, "checkpoints", "8", "default", "ocdbt.process_0", "d")
   for name in os.listdir(data):  # the arrays' bytes, as a torn copy would leave them
     path = os.path.join(data, name)
     os.truncate(path, max(os.path.getsize(path) // 3, 1))
-  r = run_cli(
-    "cgan_jax.main",
-    "--config=configs/cifar64.py",
-    *TINY,
-    "--config.num_epochs=2",
-    f"--workdir={wd}",
-  )
+  r = run_cli("cgan_jax.main", *args)
   assert r.returncode == 0, r.stderr[-2000:]
   warnings = [line for line in r.stderr.splitlines() if line.startswith("W")]
   assert len(warnings) == 1, warnings

@@ -7,9 +7,13 @@ Layout under the workdir:
   corrupt/<step>/       checkpoints that failed to restore, moved aside (never deleted)
 """
 
+import contextlib
+import gc
 import json
+import logging as std_logging
 import os
 import shutil
+import sys
 
 import orbax.checkpoint as ocp
 from absl import logging
@@ -127,6 +131,87 @@ def remove_temporary(directory: str) -> list[str]:
   return removed
 
 
+def _from_orbax(exc: BaseException | None, tb) -> bool:
+  """Whether an exception comes from orbax's (or TensorStore's) async restore machinery."""
+  if isinstance(exc, RuntimeError) and "Event loop is closed" in str(exc):
+    return True
+  while tb is not None:
+    name = tb.tb_frame.f_code.co_filename
+    if f"{os.sep}orbax{os.sep}" in name or "tensorstore" in name:
+      return True
+    tb = tb.tb_next
+  return False
+
+
+def _closed_loop_noise(exc: BaseException | None, tb) -> bool:
+  """RuntimeError('Event loop is closed') raised inside asyncio: a read that TensorStore
+  finished after orbax had given up on a failed restore and closed its event loop."""
+  if not (isinstance(exc, RuntimeError) and "Event loop is closed" in str(exc)):
+    return False
+  while tb is not None and tb.tb_next is not None:
+    tb = tb.tb_next
+  return tb is not None and f"asyncio{os.sep}base_events.py" in tb.tb_frame.f_code.co_filename
+
+
+_FILTER_INSTALLED = False
+
+
+def _drop_closed_loop_noise() -> None:
+  """Installs (once) a filter in sys.unraisablehook (and sys.excepthook and
+  threading.excepthook) that drops `_closed_loop_noise`: TensorStore's reader threads
+  report it as unraisable, a few at a time and after the failed restore has returned, as
+  bare tracebacks. Anything else is passed on unchanged."""
+  global _FILTER_INSTALLED
+  if _FILTER_INSTALLED:
+    return
+  _FILTER_INSTALLED = True
+  import threading
+
+  old_excepthook, old_thread_hook = sys.excepthook, threading.excepthook
+  old_unraisable = sys.unraisablehook
+
+  def excepthook(exc_type, exc, tb):
+    if not _closed_loop_noise(exc, tb):
+      old_excepthook(exc_type, exc, tb)
+
+  def thread_hook(args):
+    if not _closed_loop_noise(args.exc_value, args.exc_traceback):
+      old_thread_hook(args)
+
+  def unraisable_hook(unraisable):  # how TensorStore's callbacks report it (no object)
+    if not _closed_loop_noise(unraisable.exc_value, unraisable.exc_traceback):
+      old_unraisable(unraisable)
+
+  sys.excepthook, threading.excepthook = excepthook, thread_hook
+  sys.unraisablehook = unraisable_hook
+
+
+@contextlib.contextmanager
+def _quiet_failed_restores():
+  """A restore that fails leaves orbax's other reads (coroutines, asyncio tasks) to fail
+  on their own, and Python prints each as 'Exception ignored in <coroutine ...>' with a
+  traceback (dozens of them, 'Event loop is closed' among them) long after the failure
+  was handled. Inside this block those leftovers are collected and dropped; the failure
+  itself is still raised to the caller, and anything not from orbax is still printed."""
+  _drop_closed_loop_noise()  # first: the block's hook then passes on to the filtered one
+  old_hook = sys.unraisablehook
+  asyncio_log = std_logging.getLogger("asyncio")
+  old_level = asyncio_log.level
+
+  def hook(unraisable):
+    if not _from_orbax(unraisable.exc_value, unraisable.exc_traceback):
+      old_hook(unraisable)
+
+  sys.unraisablehook = hook
+  asyncio_log.setLevel(std_logging.CRITICAL)
+  try:
+    yield
+  finally:
+    gc.collect()  # the abandoned reads are dropped here, while the hook is in place
+    sys.unraisablehook = old_hook
+    asyncio_log.setLevel(old_level)
+
+
 def restore_latest(manager: ocp.CheckpointManager, target, workdir: str):
   """Restores the newest readable checkpoint, or returns None if there is none.
 
@@ -146,7 +231,8 @@ def restore_latest(manager: ocp.CheckpointManager, target, workdir: str):
   failures = []
   for i, step in enumerate(steps):
     try:
-      state = manager.restore(step, args=ocp.args.StandardRestore(target))
+      with _quiet_failed_restores():
+        state = manager.restore(step, args=ocp.args.StandardRestore(target))
       return state, step
     except Exception as e:  # noqa: BLE001 - any failure means this checkpoint is unusable
       reason = _first_line(e)
@@ -188,7 +274,8 @@ def check_best(manager: ocp.CheckpointManager, target, workdir: str) -> None:
   if not steps:
     return
   try:
-    manager.restore(steps[-1], args=ocp.args.StandardRestore(target))
+    with _quiet_failed_restores():
+      manager.restore(steps[-1], args=ocp.args.StandardRestore(target))
   except Exception as e:  # noqa: BLE001 - any failure means this checkpoint is unusable
     _move_best_aside(workdir, steps[-1], _first_line(e))
     manager.reload()
@@ -196,13 +283,7 @@ def check_best(manager: ocp.CheckpointManager, target, workdir: str) -> None:
 
 def _move_best_aside(workdir: str, step: int, reason: str) -> None:
   """Moves best/<step> to corrupt/best_<step> (a free name), with one warning."""
-  dst = os.path.join(workdir, CORRUPT_DIR, f"best_{step}")
-  os.makedirs(os.path.dirname(dst), exist_ok=True)
-  n = 1
-  while os.path.exists(dst):
-    dst = os.path.join(workdir, CORRUPT_DIR, f"best_{step}.{n}")
-    n += 1
-  shutil.move(os.path.join(workdir, BEST_DIR, str(step)), dst)
+  dst = _move_to_corrupt(os.path.join(workdir, BEST_DIR, str(step)), workdir, f"best_{step}")
   logging.warning(
     "The best checkpoint (step %d) cannot be read (%s); moved it to %s; the next "
     "evaluation starts a new best.",
@@ -218,16 +299,21 @@ def restore_at(manager: ocp.CheckpointManager, step: int, target):
 
 
 def _move_aside(manager: ocp.CheckpointManager, workdir: str, step: int) -> str:
-  src = os.path.join(str(manager.directory), str(step))
+  dst = _move_to_corrupt(os.path.join(str(manager.directory), str(step)), workdir, str(step))
+  manager.reload()
+  return dst
+
+
+def _move_to_corrupt(src: str, workdir: str, name: str) -> str:
+  """Moves `src` to workdir/corrupt/<name> (or <name>.1, .2, ... when taken)."""
   dst_root = os.path.join(workdir, CORRUPT_DIR)
   os.makedirs(dst_root, exist_ok=True)
-  dst = os.path.join(dst_root, str(step))
+  dst = os.path.join(dst_root, name)
   n = 1
   while os.path.exists(dst):
-    dst = os.path.join(dst_root, f"{step}.{n}")
+    dst = os.path.join(dst_root, f"{name}.{n}")
     n += 1
   shutil.move(src, dst)
-  manager.reload()
   return dst
 
 
@@ -289,7 +375,8 @@ def restore_step(workdir: str, which: str, target):
   try:
     for step in candidates:
       try:
-        state = manager.restore(step, args=ocp.args.StandardRestore(target))
+        with _quiet_failed_restores():
+          state = manager.restore(step, args=ocp.args.StandardRestore(target))
       except Exception as e:  # noqa: BLE001 - any failure means this checkpoint is unusable
         failures.append(f"step {step}: {_first_line(e)}")
         if len(candidates) > 1:
