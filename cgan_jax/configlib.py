@@ -190,6 +190,25 @@ def get(config, path: str):
   return node
 
 
+def flatten(config, skip=()) -> dict:
+  """A config (or its saved JSON: nested dicts) as {dotted field: value}, leaves only;
+  names in `skip` (a field or a whole section) are left out."""
+  out = {}
+
+  def walk(prefix, node):
+    for key, value in node.items():
+      name = f"{prefix}{key}"
+      if name in skip:
+        continue
+      if hasattr(value, "items"):
+        walk(name + ".", value)
+      else:
+        out[name] = value
+
+  walk("", config)
+  return out
+
+
 def key_value(config, field: Field):
   """What the structure key takes from `config` for `field`."""
   return field.key(config) if field.key is not None else get(config, field.path)

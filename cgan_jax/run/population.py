@@ -100,21 +100,8 @@ def member_workdirs(workdir: str, configs) -> list[str]:
 
 
 def _flat(config) -> dict:
-  out = {}
-
-  def walk(prefix, node):
-    for key in sorted(node.keys()):
-      value = node[key]
-      name = f"{prefix}{key}"
-      if name in MEMBER_FIELDS:
-        continue
-      if isinstance(value, ml_collections.ConfigDict | dict):
-        walk(name + ".", value)
-      else:
-        out[name] = value
-
-  walk("", config)
-  return out
+  """The fields that must be equal across members (all but `MEMBER_FIELDS`)."""
+  return configlib.flatten(config, skip=MEMBER_FIELDS)
 
 
 def check_members(configs) -> None:

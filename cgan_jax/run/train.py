@@ -64,10 +64,6 @@ class TrainingDiverged(RuntimeError):
   """A loss became NaN or infinite."""
 
 
-def _get(config_dict, dotted: str):
-  return configlib.get(config_dict, dotted)
-
-
 def check_workdir(workdir: str, config) -> None:
   """Raises ConfigError if `workdir` cannot be written or holds an incompatible run."""
   if not workdir:
@@ -81,7 +77,7 @@ def check_workdir(workdir: str, config) -> None:
     except (OSError, ValueError) as e:
       raise ConfigError(f"--workdir={workdir!r}: config.json is unreadable ({e})") from None
     for field in STRUCTURAL_FIELDS:
-      old, new = _get(saved, field), _get(config, field)
+      old, new = configlib.get(saved, field), configlib.get(config, field)
       if old != new:
         raise ConfigError(
           f"--workdir={workdir!r} holds a run with config.{field}={old!r}, but this config "
@@ -110,15 +106,6 @@ def write_config(workdir: str, config) -> None:
 CONFIG_HISTORY = "config_history.jsonl"
 
 
-def _flat_json(node, prefix=""):
-  if not isinstance(node, dict):
-    return {prefix: node}
-  out = {}
-  for key, value in node.items():
-    out.update(_flat_json(value, f"{prefix}.{key}" if prefix else key))
-  return out
-
-
 def _record_config_change(workdir: str, path: str, new: dict) -> None:
   """A resume with other (non-structural) values, e.g. --config.optim.g_lr: one log line
   naming what changed, and a `config_history.jsonl` line {"step", "time", "changed":
@@ -126,10 +113,10 @@ def _record_config_change(workdir: str, path: str, new: dict) -> None:
   apply), so that config.json, which holds the newest values, does not erase the record."""
   try:
     with open(path) as f:
-      old = _flat_json(json.load(f))
+      old = configlib.flatten(json.load(f))
   except (OSError, ValueError):
     return  # check_workdir has refused an unreadable one already
-  new = _flat_json(new)
+  new = configlib.flatten(new)
   changed = {k: [old.get(k), new.get(k)] for k in sorted(set(old) | set(new))}
   changed = {k: v for k, v in changed.items() if v[0] != v[1]}
   if not changed:
@@ -532,18 +519,10 @@ def _log(writer, history: list[dict], step: int) -> None:
 
 
 def _flatten_hparams(config) -> dict:
-  out = {}
-
-  def walk(prefix, node):
-    for key, value in node.items():
-      name = f"{prefix}{key}"
-      if isinstance(value, ml_collections.ConfigDict):
-        walk(name + ".", value)
-      else:
-        out[name] = value if isinstance(value, int | float | str | bool) else str(value)
-
-  walk("", config)
-  return out
+  return {
+    name: value if isinstance(value, int | float | str | bool) else str(value)
+    for name, value in configlib.flatten(config).items()
+  }
 
 
 def write_sample_grids(writer, workdir, generate_fn, state, z, step, k) -> None:

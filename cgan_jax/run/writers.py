@@ -27,9 +27,13 @@ class LogWriter:
   """Scalars to the absl log (clu's `LoggingWriter` format); images and hparams are not
   logged (they are PNG files and workdir/config.json)."""
 
+  # Scalars the log already shows in another line (the progress line's steps/s).
+  SHOWN_ELSEWHERE = frozenset({"steps_per_sec"})
+
   def write_scalars(self, step: int, scalars: dict) -> None:
-    text = ", ".join(f"{name}={float(value):.4g}" for name, value in sorted(scalars.items()))
-    logging.info("[%d] %s", step, text)
+    shown = sorted((n, v) for n, v in scalars.items() if n not in self.SHOWN_ELSEWHERE)
+    if shown:
+      logging.info("[%d] %s", step, ", ".join(f"{n}={float(v):.4g}" for n, v in shown))
 
   def write_images(self, step: int, images: dict) -> None:
     del step, images  # the grids are also written as PNG files
