@@ -923,9 +923,21 @@ def test_kill_9_mid_population_resumes_it_from_its_checkpoint(tmp_path):
   proc.communicate(timeout=60)
   r = search_cli(tmp_path, *args)
   assert r.returncode == 0, _problems(r)
-  # From its checkpoint (step 4, or 8 if it got that far), not from step 0; an evaluation
-  # the kill cut off is made first.
-  assert re.search(r"Resumed the population from steps? (4|8)", r.stdout + r.stderr), _problems(r)
+  # Each victim's run went on from its checkpoint (step 4, or later if it got that far), not
+  # from step 0, whichever population or slot its retry joined; its closing summary says
+  # from which step. An evaluation the kill cut off is made first.
+  out = r.stdout + r.stderr
+  trace = re.findall(
+    r"Resumed the population .*|Trials .*: one population.*|Slot .* joins .*|.* queued again.*"
+    r"|Run (?:finished|stopped).*",
+    out,
+  )
+  for victim in running:
+    wd = re.escape(victim.user_attrs["workdir"])
+    assert re.search(rf"Run finished: steps ([1-9]\d*)\.\.12 in .* \({wd}\)", out), (
+      trace,
+      _problems(r),
+    )
   study = load_study(tmp_path)
   states = [t.state for t in study.trials]
   assert states.count(TrialState.COMPLETE) + states.count(TrialState.PRUNED) == n, states
