@@ -1,19 +1,22 @@
 """The paper's figures and tables from run workdirs.
 
-  python -m cgan_jax.analyze table   --runs=DIR[,DIR...] [--pick=best|final] [--out=FOLDER]
+  python -m cgan_jax.analyze table   --runs=DIR[,DIR...] [--pick=best|final|selected] [--out=DIR]
   python -m cgan_jax.analyze curves  --runs=DIR[,DIR...] [--out=FOLDER]
   python -m cgan_jax.analyze samples --runs=DIR[,DIR...] [--num=16] [--checkpoint=latest]
   python -m cgan_jax.analyze tsne    --runs=DIR[,DIR...] [--num=1000] [--features=pool3|pixels]
 
-table (Tables 1-3): method, SN, transfer, k, gates, IS ± std, FID, epochs and samples, one
-row per run and generator, runs that differ only in seed aggregated (mean ± std over
-seeds), as table.md and table.csv. curves: IS/FID over epochs (curves.png). samples
-(Figure 5): the same latents through every generator of every run (samples.png). tsne
-(Figure 6): t-SNE of each run's images, coloured by generator (tsne_<features>.png).
-Figures 7 and 8 come from the search: `python -m cgan_jax.search report`.
+table (Tables 1-3; the same implementation as `reproduce`'s results.md, analysis/table.py):
+per generator, runs that differ only in seed aggregated (method, SN, transfer, k, gates,
+IS ± std, FID, epochs, samples; mean ± std over seeds, ddof = 1); each run's best
+generator, mean ± std over seeds; per run and generator the picked IS/FID, the final and
+best FID and the wall time; as table.md, table.csv (per generator) and table_runs.csv
+(per run). --pick: best (each generator's best evaluation), final (Table 3), selected (the
+best checkpoint scored again by reproduce, Table 1). curves: IS/FID over epochs
+(curves.png). samples (Figure 5): the same latents through every generator of every run
+(samples.png). tsne (Figure 6): t-SNE of each run's images, coloured by generator
+(tsne_<features>.png). Figures 7 and 8 come from the search: `python -m cgan_jax.search report`.
 """
 
-import csv
 import os
 
 from absl import flags
@@ -28,7 +31,12 @@ COMMANDS = ("table", "curves", "samples", "tsne")
 def define_flags() -> None:
   flags.DEFINE_list("runs", None, "Run workdirs (comma-separated).")
   flags.DEFINE_string("out", ".", "Output folder.")
-  flags.DEFINE_enum("pick", "best", ["best", "final"], "table: which evaluation of each run.")
+  flags.DEFINE_enum(
+    "pick",
+    "best",
+    ["best", "final", "selected"],
+    "table: which evaluation of each generator (see cgan_jax/analysis/table.py).",
+  )
   flags.DEFINE_integer("num", None, "samples/tsne: images per generator (16 / 1000).")
   flags.DEFINE_string("checkpoint", "latest", "samples/tsne: 'latest', 'best' or a step.")
   flags.DEFINE_integer("seed", 0, "samples/tsne: the latents' seed.")
@@ -39,7 +47,7 @@ def define_flags() -> None:
 
 
 def main(argv):
-  from cgan_jax.analysis import figures
+  from cgan_jax.analysis import figures, table
   from cgan_jax.analysis import runs as runs_lib
 
   if len(argv) != 2 or argv[1] not in COMMANDS:
@@ -52,17 +60,8 @@ def main(argv):
   runs = [runs_lib.load_run(d) for d in FLAGS.runs]
   os.makedirs(FLAGS.out, exist_ok=True)
   if command == "table":
-    rows = runs_lib.table_rows(runs, FLAGS.pick)
-    md = runs_lib.markdown(rows, FLAGS.pick)
-    with open(os.path.join(FLAGS.out, "table.md"), "w") as f:
-      f.write(md)
-    with open(os.path.join(FLAGS.out, "table.csv"), "w", newline="") as f:
-      fields = list(dict.fromkeys(key for r in rows for key in r))
-      writer = csv.DictWriter(f, fieldnames=fields)
-      writer.writeheader()
-      writer.writerows(rows)
+    md, paths = table.write(table.run_rows(runs, FLAGS.pick), FLAGS.pick, FLAGS.out, "table")
     print(md)
-    paths = [os.path.join(FLAGS.out, "table.md"), os.path.join(FLAGS.out, "table.csv")]
   elif command == "curves":
     paths = [figures.curves_figure(runs, FLAGS.out)]
   elif command == "samples":

@@ -37,24 +37,23 @@ checkpoints) there and writes the report there from them: the repository keeps t
 measured protocol in `docs/reproduce_cpu/` this way. At the end, and with `--report_only`
 at any time, it writes into DIR:
 
-  results.md, results.csv   one row per run and generator: final and best FID, with the
-                            epochs, samples, reference, weights and wall time; then mean ±
-                            std over seeds of each method's best generator (the paper
-                            protocols: the IS and FID the protocol's rule picks, with its
-                            epoch, then the final and best FID)
-  fid_curves.png            FID over epochs, one panel per method, a line per seed and
-                            generator
+  results.md, results.csv,  the table of `python -m cgan_jax.analyze table` (one
+  results_runs.csv          implementation: `analysis.table`), with the protocol's rule as
+                            its pick: per generator, mean ± std over seeds (sample std,
+                            ddof = 1); each method's best generator per run, mean ± std;
+                            per run and generator the picked IS/FID, the final and best
+                            FID, the epochs and the wall time
+  fid_curves.png            FID (and IS) over epochs, one panel per method, a line per seed
+                            and generator
   samples.png               the final sample grid of every generator, seed 0, one row per
                             method (the same latents for every generator and method)
 """
 
 import contextlib
-import csv
 import dataclasses
 import json
 import os
 import sys
-import textwrap
 import threading
 import time
 
@@ -62,22 +61,23 @@ import ml_collections
 from absl import flags, logging
 
 from cgan_jax import cli, configlib
+from cgan_jax.analysis import runs as runs_lib
 from cgan_jax.errors import ConfigError, check_writable, choice_error
 from cgan_jax.run import scores as scores_lib
 
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 
 
-# How results.md picks each run's numbers (`Protocol.rule`):
-#   cpu       the final FID and the best FID over the evaluations (the CPU protocol's table);
+# How results.md picks each run's numbers (`Protocol.rule`, the table's pick):
 #   selected  Table 1 (section 4.2: "the model parameters at the highest point of IS"): the
 #             run's best checkpoint (`best/`: highest IS with the full Inception weights,
 #             lowest FID with the FID-only ones), scored again with the final evaluation's
 #             sample count into `selected.json` (nothing to do when the final evaluation
 #             is the best one);
 #   final     Table 3 (section 4.4: "at the end of learning"): the final evaluation.
-RULES = ("cpu", "selected", "final")
-SELECTED = "selected.json"
+#   (the table always shows the final FID and the best FID over the evaluations too).
+RULES = ("selected", "final")
+SELECTED = runs_lib.SELECTED
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,7 +85,7 @@ class Protocol:
   config: str  # configs/ file and modifiers, e.g. 'cifar32_cpu.py' or 'cifar32_cpu.py:tiny'
   methods: tuple[str, ...]
   seeds: tuple[int, ...]
-  rule: str = "cpu"  # one of RULES
+  rule: str = "final"  # one of RULES
   # Given on the command line (`--set`, `--gates_d`, `--gates_transfer`), for every run:
   overrides: tuple[tuple[str, str], ...] = ()  # (config field, value)
   gates: tuple[str, str] = ("", "")  # (gates_d, gates_transfer) of the `proposed` methods
@@ -106,7 +106,7 @@ PROTOCOLS = {
   "paper_tiny": Protocol("paper.py:tiny", METHODS, (0, 1), rule="selected"),
   "paper_table3_tiny": Protocol("paper.py:tiny", TABLE3, (0, 1), rule="final"),
 }
-TIMING = "reproduce_time.json"
+TIMING = runs_lib.TIMING
 
 FLAGS = flags.FLAGS
 
@@ -186,7 +186,6 @@ def run_name(method: str, seed: int) -> str:
 
 def _override(config, field: str, value: str) -> None:
   """config.FIELD = VALUE, converted to the field's type (`--set`)."""
-  import ml_collections
 
   flag = f"--set={field}={value}"
   node, names = config, field.split(".")
@@ -594,310 +593,49 @@ def _run_population(protocol: Protocol, out: str, method: str) -> bool:
 # The report.
 
 
-def collect(protocol: Protocol, out: str) -> list[dict]:
-  """One entry per run of the protocol that has at least one evaluation."""
-  entries = []
+def collect(protocol: Protocol, out: str) -> list:
+  """The protocol's runs (`analysis.runs.Run`) that have at least one evaluation, seed by
+  seed, method by method."""
+  from cgan_jax.analysis import runs as runs_lib
+
+  found = []
   for seed in protocol.seeds:
     for method in protocol.methods:
       workdir = os.path.join(out, "runs", run_name(method, seed))
-      records = scores_lib.read(workdir)
-      if not records:
-        continue
-      config = configlib.load_config(protocol.config_spec(method))
-      if os.path.isfile(os.path.join(workdir, "config.json")):  # with the run's overrides
-        with open(os.path.join(workdir, "config.json")) as f:
-          config = ml_collections.ConfigDict(json.load(f))
-      selected = None
-      if protocol.rule == "selected" and os.path.isfile(os.path.join(workdir, SELECTED)):
-        with open(os.path.join(workdir, SELECTED)) as f:
-          selected = json.load(f)
-      wall = None
-      if os.path.isfile(os.path.join(workdir, TIMING)):
-        with open(os.path.join(workdir, TIMING)) as f:
-          wall = json.load(f)["wall_s"]
-      entries.append(
-        {
-          "method": method,
-          "seed": seed,
-          "workdir": workdir,
-          "config": config,
-          "records": records,
-          "finished": bool(records[-1].get("final")),
-          "wall_s": wall,
-          "eval_s": sum(r.get("eval_s", 0.0) for r in records),
-          "selected": selected,
-        }
-      )
-  if not entries:
+      if scores_lib.read(workdir):
+        found.append(runs_lib.load_run(workdir))
+  if not found:
     raise ConfigError(f"--out={out!r}: no run there has a scores.jsonl yet; run the protocol")
-  return entries
+  return found
 
 
-def _mean_std(values: list[float]) -> str:
-  """'mean ± std' over seeds, with `analysis.runs.mean_std` (the sample std, ddof = 1)."""
-  from cgan_jax.analysis import runs
+def write_table(runs: list, out: str, rule: str = "final") -> str:
+  """results.md, results.csv (per generator, seeds aggregated) and results_runs.csv (per run
+  and generator): `analysis.table`, the implementation of `analyze table`, with the
+  protocol's rule as its pick. Returns the markdown."""
+  from cgan_jax.analysis import table
 
-  mean, std = runs.mean_std(values)
-  return f"{mean:.1f}" if std is None else f"{mean:.1f} ± {std:.1f}"
-
-
-def _table_rows(entries: list[dict]) -> list[dict]:
-  rows = []
-  for e in entries:
-    c, last = e["config"], e["records"][-1]
-    for g in range(len(last["generators"])):
-      fids = [r["generators"][g]["fid"] for r in e["records"]]
-      best = min(range(len(fids)), key=fids.__getitem__)
-      rows.append(
-        {
-          "method": e["method"],
-          "sn": configlib.d_norm(c) == "spectral",
-          "transfer": c.graph.transfer,
-          "k": c.model.k,
-          "seed": e["seed"],
-          "generator": f"G{g + 1}",
-          # Raw: every number shown is rounded once, from these (results.csv: 4 decimals).
-          "fid_final": fids[-1],
-          "fid_best": fids[best],
-          "best_epoch": e["records"][best]["epoch"],
-          "epochs": last["epoch"],
-          "finished": e["finished"],
-          "samples": last["num_samples"],
-          "reference": last["reference"],
-          "weights": last["weights"],
-          "wall_min": round(e["wall_s"] / 60, 1) if e["wall_s"] else "",
-          "eval_min": round(e["eval_s"] / 60, 1),
-        }
-      )
-  return rows
+  md, _ = table.write(table.run_rows(runs, rule), rule, out, "results")
+  return md
 
 
-def write_table(entries: list[dict], out: str, rule: str = "cpu") -> str:
-  """results.csv and results.md; returns the markdown."""
-  if rule != "cpu":
-    return _write_paper_table(entries, out, rule)
-  rows = _table_rows(entries)
-  with open(os.path.join(out, "results.csv"), "w", newline="") as f:
-    writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-    writer.writeheader()
-    for r in rows:
-      writer.writerow({**r, **{key: f"{r[key]:.4f}" for key in ("fid_final", "fid_best")}})
-  lines = [
-    "| method | SN | transfer | k | seed | G | FID final | FID best (epoch) | epochs | wall min "
-    "(eval) |",
-    "|---|---|---|---|---|---|---|---|---|---|",
-  ]
-  for r in rows:
-    done = "" if r["finished"] else " (unfinished)"
-    lines.append(
-      f"| {r['method']} | {'yes' if r['sn'] else 'no'} | {r['transfer']} | {r['k']} "
-      f"| {r['seed']} | {r['generator']} | {r['fid_final']:.1f} | {r['fid_best']:.1f} "
-      f"({r['best_epoch']}) | {r['epochs']}{done} | {r['wall_min']} ({r['eval_min']}) |"
-    )
-  lines += [
-    "",
-    "Per method, the best generator of each run (lowest final FID), mean ± std over seeds "
-    "(sample std, ddof = 1):",
-    "",
-    "| method | seeds | FID final, best G | FID best over evaluations, best G |",
-    "|---|---|---|---|",
-  ]
-  for method in dict.fromkeys(r["method"] for r in rows):
-    runs = {}
-    for r in rows:
-      if r["method"] == method and r["finished"]:
-        final, best = runs.get(r["seed"], (float("inf"), float("inf")))
-        runs[r["seed"]] = (min(final, r["fid_final"]), min(best, r["fid_best"]))
-    if runs:
-      finals, bests = zip(*runs.values(), strict=True)
-      seeds = ",".join(str(s) for s in runs)
-      lines.append(f"| {method} | {seeds} | {_mean_std(finals)} | {_mean_std(bests)} |")
-  r0 = rows[0]
-  lines += [
-    "",
-    f"FID of {r0['samples']} samples per generator against {r0['reference']}; "
-    f"Inception: {r0['weights']}.",
-  ]
-  text = "\n".join(lines) + "\n"
-  with open(os.path.join(out, "results.md"), "w") as f:
-    f.write(text)
-  return text
+def plot_curves(runs: list, out: str) -> str:
+  """fid_curves.png: a panel per method (and metric), a colour per seed."""
+  from cgan_jax.analysis import figures
+
+  return figures.curves_figure(runs, out, panels="method", name="fid_curves.png")
 
 
-def _fmt(value, spec=".1f") -> str:
-  return "" if value is None else format(value, spec)
+def plot_samples(runs: list, out: str) -> str:
+  """samples.png: the lowest seed's runs' last sample grids, a row per method."""
+  from cgan_jax.analysis import figures
 
-
-def _write_paper_table(entries: list[dict], out: str, rule: str) -> str:
-  """The paper protocols' table: IS (with the full weights) and FID of every generator by
-  the protocol's rule ('selected': Table 1, 'final': Table 3), then mean ± std over seeds
-  of each method's best generator by that rule's metric."""
-  rows = _table_rows(entries)
-  has_is = all("is" in g for e in entries for r in e["records"] for g in r["generators"])
-  by_run = {(e["method"], e["seed"]): e for e in entries}
-  for r in rows:
-    e, g = by_run[(r["method"], r["seed"])], int(r["generator"][1:]) - 1
-    final = e["records"][-1]["generators"][g]
-    r["is_final"] = final.get("is")
-    chosen = final if rule == "final" else (e["selected"] or {}).get("generators", [None] * 99)[g]
-    r["is_rule"] = chosen.get("is") if chosen else None
-    r["fid_rule"] = chosen.get("fid") if chosen else None
-    r["rule_epoch"] = r["epochs"] if rule == "final" else (e["selected"] or {}).get("epoch")
-  with open(os.path.join(out, "results.csv"), "w", newline="") as f:
-    writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-    writer.writeheader()
-    for r in rows:
-      writer.writerow(
-        {
-          **r,
-          **{
-            k: "" if r[k] is None else f"{r[k]:.4f}"
-            for k in ("fid_final", "fid_best", "is_final", "is_rule", "fid_rule")
-          },
-        }
-      )
-  name = "at the highest IS" if has_is else "at the lowest FID"
-  if rule == "final":
-    name = "at the end"
-  lines = [
-    f"| method | SN | transfer | k | seed | G | IS {name} | FID {name} | epoch | "
-    "FID final | FID best (epoch) | epochs | wall min (eval) |",
-    "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
-  ]
-  for r in rows:
-    done = "" if r["finished"] else " (unfinished)"
-    pending = "" if r["fid_rule"] is not None or not r["finished"] else "not scored yet"
-    lines.append(
-      f"| {r['method']} | {'yes' if r['sn'] else 'no'} | {r['transfer']} | {r['k']} "
-      f"| {r['seed']} | {r['generator']} | {_fmt(r['is_rule'], '.2f')} "
-      f"| {_fmt(r['fid_rule']) or pending} | {_fmt(r['rule_epoch'], 'd')} "
-      f"| {r['fid_final']:.1f} | {r['fid_best']:.1f} ({r['best_epoch']}) "
-      f"| {r['epochs']}{done} | {r['wall_min']} ({r['eval_min']}) |"
-    )
-  metric = "IS" if has_is else "FID"
-  lines += [
-    "",
-    f"Per method, the best generator of each run by its {metric} {name}, mean ± std over seeds "
-    "(sample std, ddof = 1):",
-    "",
-    f"| method | seeds | IS {name} | FID {name} |",
-    "|---|---|---|---|",
-  ]
-  for method in dict.fromkeys(r["method"] for r in rows):
-    runs = {}
-    for r in rows:
-      if r["method"] != method or r["fid_rule"] is None:
-        continue
-      score = -r["is_rule"] if has_is else r["fid_rule"]
-      if r["seed"] not in runs or score < runs[r["seed"]][0]:
-        runs[r["seed"]] = (score, r["is_rule"], r["fid_rule"])
-    if runs:
-      _, iss, fids = zip(*runs.values(), strict=True)
-      is_text = _mean_std(iss) if has_is else "unavailable"
-      seeds = ",".join(str(s) for s in runs)
-      lines.append(f"| {method} | {seeds} | {is_text} | {_mean_std(fids)} |")
-  r0 = rows[0]
-  rule_text = {
-    "selected": (
-      'Table 1\'s rule (section 4.2, "the model parameters at the highest point of IS"): '
-      "each run's best checkpoint, chosen during training by "
-      + (
-        "the highest IS of any generator"
-        if has_is
-        else "the lowest FID of any generator, since these Inception weights have no logits "
-        "for IS (the paper's rule needs the full weights: --set=eval.inception_weights=FILE)"
-      )
-      + f", scored again with {r0['samples']} samples per generator."
-    ),
-    "final": 'Table 3\'s rule (section 4.4, "at the end of learning"): the final evaluation.',
-  }[rule]
-  lines += [
-    "",
-    rule_text,
-    f"IS and FID of {r0['samples']} samples per generator against {r0['reference']}; "
-    f"Inception: {r0['weights']}. Evaluations during training (FID best) use "
-    f"{entries[0]['config'].eval.num_samples} samples.",
-  ]
-  text = "\n".join(lines) + "\n"
-  with open(os.path.join(out, "results.md"), "w") as f:
-    f.write(text)
-  return text
-
-
-def plot_curves(entries: list[dict], out: str) -> str:
-  import matplotlib
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  from matplotlib.ticker import MaxNLocator
-
-  methods = list(dict.fromkeys(e["method"] for e in entries))
-  fig, axes = plt.subplots(
-    1, len(methods), figsize=(4 * len(methods), 3.6), sharey=True, squeeze=False
-  )
-  styles = ["-", "--", ":", "-."]
-  for ax, method in zip(axes[0], methods, strict=True):
-    for e in (e for e in entries if e["method"] == method):
-      epochs = [r["epoch"] for r in e["records"]]
-      for g in range(len(e["records"][-1]["generators"])):
-        fids = [r["generators"][g]["fid"] for r in e["records"]]
-        ax.plot(
-          epochs,
-          fids,
-          styles[g % len(styles)],
-          marker="o",
-          color=f"C{e['seed']}",
-          label=f"seed {e['seed']}, G{g + 1}",
-        )
-    ax.set_title(method)
-    ax.set_xlabel("epoch")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # whole epochs
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-  axes[0][0].set_ylabel("FID (lower is better)")
-  last = entries[0]["records"][-1]
-  title = f"FID of {last['num_samples']} samples per generator vs {last['reference']}; "
-  title += last["weights"]
-  fig.suptitle(textwrap.fill(title, 48 * len(methods)), fontsize=8)  # within the panels
-  fig.tight_layout()
-  path = os.path.join(out, "fid_curves.png")
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-  return path
-
-
-def plot_samples(entries: list[dict], out: str) -> str:
-  import matplotlib
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  from PIL import Image
-
-  seed = min(e["seed"] for e in entries)
-  chosen = [e for e in entries if e["seed"] == seed]
-  cols = max(e["config"].model.k for e in chosen)
-  fig, axes = plt.subplots(
-    len(chosen), cols, figsize=(3.2 * cols, 3.4 * len(chosen)), squeeze=False
-  )
-  for row, e in zip(axes, chosen, strict=True):
-    step = e["records"][-1]["step"]
-    for g, ax in enumerate(row):
-      ax.axis("off")
-      path = os.path.join(e["workdir"], "samples", f"step_{step:08d}_g{g}.png")
-      if g < e["config"].model.k and os.path.isfile(path):
-        ax.imshow(Image.open(path))
-        ax.set_title(f"{e['method']} G{g + 1}, epoch {e['records'][-1]['epoch']}", fontsize=9)
-  title = f"Final samples, seed {seed}; the same latents for every generator"
-  fig.suptitle(textwrap.fill(title, 34 * cols), fontsize=9)
-  fig.tight_layout()
-  path = os.path.join(out, "samples.png")
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-  return path
+  seed = min(r.seed for r in runs)
+  return figures.grids_figure([r for r in runs if r.seed == seed], out, name="samples.png")
 
 
 RUN_FILES = (scores_lib.FILENAME, TIMING, "config.json", SELECTED)
-REPORT_FILES = ("results.md", "results.csv", "fid_curves.png", "samples.png")
+REPORT_FILES = ("results.md", "results.csv", "results_runs.csv", "fid_curves.png", "samples.png")
 
 
 def export(protocol: Protocol, out: str, dest: str) -> list[str]:
@@ -911,17 +649,15 @@ def export(protocol: Protocol, out: str, dest: str) -> list[str]:
   import shutil
 
   copied = []
-  for e in collect(protocol, out):
-    if not e["finished"]:
+  for run in collect(protocol, out):
+    if not run.finished:
       continue
-    src = e["workdir"]
+    src = run.workdir
     dst = os.path.join(dest, "runs", os.path.basename(src))
     os.makedirs(os.path.join(dst, "samples"), exist_ok=True)
-    step = e["records"][-1]["step"]
+    step = run.records[-1]["step"]
     names = [n for n in RUN_FILES if os.path.isfile(os.path.join(src, n))]
-    names += [
-      os.path.join("samples", f"step_{step:08d}_g{g}.png") for g in range(e["config"].model.k)
-    ]
+    names += [os.path.join("samples", f"step_{step:08d}_g{g}.png") for g in range(run.k)]
     for name in names:
       shutil.copyfile(os.path.join(src, name), os.path.join(dst, name))
       copied.append(os.path.join(dst, name))
@@ -930,10 +666,10 @@ def export(protocol: Protocol, out: str, dest: str) -> list[str]:
 
 
 def report(protocol: Protocol, out: str) -> str:
-  entries = collect(protocol, out)
-  text = write_table(entries, out, protocol.rule)
-  plot_curves(entries, out)
-  plot_samples(entries, out)
+  runs = collect(protocol, out)
+  text = write_table(runs, out, protocol.rule)
+  plot_curves(runs, out)
+  plot_samples(runs, out)
   return text
 
 
@@ -958,7 +694,7 @@ def main(argv):
     run_protocol(protocol, FLAGS.out, population=FLAGS.population)
   text = report(protocol, FLAGS.out)
   print(text)
-  print(f"Wrote results.md, results.csv, fid_curves.png and samples.png to {FLAGS.out}")
+  print(f"Wrote {', '.join(REPORT_FILES)} to {FLAGS.out}")
   if FLAGS.export:
     copied = export(protocol, FLAGS.out, FLAGS.export)
     print(f"Exported {len(copied)} files (no checkpoints) to {FLAGS.export}")

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cgan_jax.analysis import figures
+from cgan_jax.analysis import figures, table
 from cgan_jax.analysis import runs as runs_lib
 from cgan_jax.errors import ConfigError
 from cgan_jax.quality import weights as weights_lib
@@ -43,7 +43,8 @@ def size_of(path):
 @pytest.mark.xdist_group("analysis")  # one worker builds tiny_runs
 def test_table_aggregates_seeds_as_mean_and_std(tiny_runs, tmp_path):
   runs = [runs_lib.load_run(d) for d in tiny_runs]
-  rows = runs_lib.table_rows(runs, "best")
+  per_run = table.run_rows(runs, "best")
+  rows = table.generator_rows(per_run)
   assert [(r["method"], r["generator"], r["seeds"], r["k"]) for r in rows] == [
     ("proposed", "G1", "0 1", 2),
     ("proposed", "G2", "0 1", 2),
@@ -53,11 +54,28 @@ def test_table_aggregates_seeds_as_mean_and_std(tiny_runs, tmp_path):
     assert row["fid_mean"] == pytest.approx(np.mean(fids))
     assert row["fid_seed_std"] == pytest.approx(np.std(fids, ddof=1))
     assert "is_mean" not in row  # FID-only weights
-  final = runs_lib.table_rows(runs, "final")
+  final_runs = table.run_rows(runs, "final")
+  final = table.generator_rows(final_runs)
   last = [scores_lib.read(d)[-1]["generators"][1]["fid"] for d in tiny_runs]
   assert final[1]["fid_mean"] == pytest.approx(np.mean(last)) and final[1]["eval_epochs"] == "2 2"
-  md = runs_lib.markdown(rows, "best")
-  assert md.count("\n| proposed | yes | image | 2 |") == 2 and " ± " in md
+  # Per run: the picked FID, the final one and the best one over the evaluations.
+  for r in final_runs:
+    fids = [
+      rec["generators"][int(r["generator"][1:]) - 1]["fid"]
+      for rec in scores_lib.read(next(d for d in tiny_runs if d.endswith(r["run"])))
+    ]
+    assert r["fid"] == r["fid_final"] == fids[-1] and r["fid_best"] == min(fids)
+    assert r["finished"] and r["epochs"] == 2 and r["wall_min"] is None  # no reproduce timing
+  # Best generator of each run (lowest FID without IS), mean ± std over the two seeds.
+  (best,) = table.best_generator_rows(final_runs)
+  per_seed = [min(r["fid"] for r in final_runs if r["seed"] == s) for s in (0, 1)]
+  assert best["by"] == "FID" and best["seeds"] == "0,1"
+  assert best["fid_mean"] == pytest.approx(np.mean(per_seed))
+  assert best["fid_seed_std"] == pytest.approx(np.std(per_seed, ddof=1))
+  md = table.markdown(per_run, "best")
+  # 2 generator rows, 1 best-generator row, 4 per-run rows
+  assert md.count("\n| proposed | yes | image | 2 |") == 7 and " ± " in md
+  assert "its best evaluation during training" in md
 
   # A second configuration (another gate on G2's adversarial edge, one seed) is its own row.
   other = tmp_path / "other"
@@ -65,7 +83,7 @@ def test_table_aggregates_seeds_as_mean_and_std(tiny_runs, tmp_path):
   cfg = json.loads((other / "config.json").read_text())
   cfg["graph"]["gates_d"] = "through,cutoff"
   (other / "config.json").write_text(json.dumps(cfg))
-  rows = runs_lib.table_rows([*runs, runs_lib.load_run(str(other))], "best")
+  rows = table.generator_rows(table.run_rows([*runs, runs_lib.load_run(str(other))], "best"))
   assert [(r["gates_d"], r["seeds"]) for r in rows] == [
     ("through", "0 1"),
     ("through", "0 1"),
@@ -73,6 +91,9 @@ def test_table_aggregates_seeds_as_mean_and_std(tiny_runs, tmp_path):
     ("through,cutoff", "0"),
   ]
   assert rows[2]["fid_seed_std"] is None
+  # 'selected' without reproduce's selected.json: not scored yet, not an error.
+  md = table.markdown(table.run_rows(runs, "selected"), "selected")
+  assert "not scored yet" in md and "Table 1's rule" in md
 
 
 @pytest.mark.xdist_group("analysis")  # one worker builds tiny_runs
@@ -81,6 +102,8 @@ def test_table_cli_writes_markdown_and_csv(tiny_runs, tmp_path):
   assert r.returncode == 0, r.stderr[-2000:]
   csv_lines = (tmp_path / "table.csv").read_text().splitlines()
   assert len(csv_lines) == 3 and csv_lines[0].startswith("method,sn,transfer,k,gates_d")
+  runs_csv = (tmp_path / "table_runs.csv").read_text().splitlines()
+  assert len(runs_csv) == 5 and runs_csv[0].startswith("run,method,sn,transfer,k,gates_d")
   assert (tmp_path / "table.md").read_text() in r.stdout
 
 

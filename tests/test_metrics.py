@@ -13,6 +13,7 @@ import pytest
 
 from cgan_jax import configlib
 from cgan_jax.analysis import runs as runs_lib
+from cgan_jax.analysis import table
 from cgan_jax.errors import ConfigError
 from cgan_jax.quality import evaluator, metrics, registry
 from cgan_jax.quality import weights as weights_lib
@@ -184,10 +185,10 @@ def test_a_registered_metric_reaches_scores_the_table_and_the_search(tmp_path, t
   best_step = min(records, key=lambda r: min(g["toy"] for g in r["generators"]))["step"]
   assert sorted(int(p.name) for p in (wd / "best").iterdir() if p.name.isdigit()) == [best_step]
   # the table has its column
-  rows = runs_lib.table_rows([runs_lib.load_run(str(wd))], "final")
-  assert "toy_mean" in rows[0]
-  md = runs_lib.markdown(rows, "final")
-  assert "toy |f|" in md.splitlines()[0]
+  per_run = table.run_rows([runs_lib.load_run(str(wd))], "final")
+  assert "toy_mean" in table.generator_rows(per_run)[0] and "toy" in per_run[0]
+  md = table.markdown(per_run, "final")
+  assert "toy |f|" in md.splitlines()[2]
   # the search takes it as its objective, in its direction
   search_config = configlib.load_config(str(ROOT / "configs" / "search.py") + ":smoke")
   search_config.search.objective = "toy"

@@ -2,6 +2,7 @@
 figures; `benchmarks/train_parity.py` trains both sides and writes its records."""
 
 import csv
+import dataclasses
 import json
 import os
 import subprocess
@@ -11,6 +12,7 @@ import pytest
 from PIL import Image
 
 from cgan_jax import configlib, reproduce
+from cgan_jax.analysis import runs as runs_lib
 from cgan_jax.quality import weights as weights_lib
 from cgan_jax.run import scores as scores_lib
 
@@ -34,7 +36,7 @@ def tiny_protocol(tmp_path_factory):
 def test_protocol_writes_table_and_figures(tiny_protocol):
   out, _, r = tiny_protocol
   assert sorted(os.listdir(out / "runs")) == ["dcgan_sn_seed0", "proposed_seed0"]
-  with open(out / "results.csv") as f:
+  with open(out / "results_runs.csv") as f:
     rows = list(csv.DictReader(f))
   assert [(r["method"], r["generator"], r["k"]) for r in rows] == [
     ("dcgan_sn", "G1", "1"),
@@ -187,12 +189,18 @@ def test_committed_cpu_protocol_table_matches_its_scores(tmp_path):
   committed = ROOT / "docs" / "reproduce_cpu"
   if not (committed / "results.md").exists():
     pytest.skip("no committed CPU protocol results")
-  entries = reproduce.collect(reproduce.PROTOCOLS["cpu"], str(committed))
-  text = reproduce.write_table(entries, str(tmp_path))
+  runs = reproduce.collect(reproduce.PROTOCOLS["cpu"], str(committed))
+  text = reproduce.write_table(runs, str(tmp_path))
   assert text == (committed / "results.md").read_text()
   readme = (ROOT / "README.md").read_text()
   table = [ln for ln in text.splitlines() if ln.startswith("| ")]
   assert all(ln in readme for ln in table), "README's results table differs from results.md"
+  # One table implementation: `analyze table` on the same runs writes the same table.
+  dirs = ",".join(r.workdir for r in runs)
+  r = run_cli("cgan_jax.analyze", "table", f"--runs={dirs}", "--pick=final", f"--out={tmp_path}")
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert (tmp_path / "table.md").read_text() == text
+  assert (tmp_path / "table_runs.csv").read_text() == (committed / "results_runs.csv").read_text()
 
 
 # ---------------------------------------------------------------------------------------
@@ -281,37 +289,49 @@ def test_paper_rules_pick_the_highest_is_or_the_end(tmp_path):
   assert reproduce.selected_record(fid_only) is fid_only[1]  # lowest FID: 30.0
   fid_only[0]["generators"][0]["fid"] = float("nan")
   assert reproduce.selected_record(fid_only) is fid_only[1]
-  config = reproduce.run_config(reproduce.PROTOCOLS["paper_tiny"], "proposed", 0)
   rescored = {
     "epoch": 20,
     "step": 200,
+    "num_samples": 50,
     "generators": [{"is": 7.4, "fid": 34.0}, {"is": 6.6, "fid": 29.5}],
   }
-  entries = [
-    {
-      "method": "proposed",
-      "seed": s,
-      "workdir": "",
-      "config": config,
-      "records": records,
-      "finished": True,
-      "wall_s": 60.0,
-      "eval_s": 6.0,
-      "selected": rescored,
-    }
+  runs = [
+    runs_lib.Run(
+      workdir=f"runs/proposed_seed{s}",
+      name=f"proposed_seed{s}",
+      method="proposed",
+      sn=True,
+      transfer="image",
+      k=2,
+      gates_d="through",
+      gates_transfer="through",
+      seed=s,
+      epochs=30,
+      records=tuple(records),
+      finished=True,
+      wall_s=60.0,
+      eval_s=6.0,
+      selected=rescored,
+    )
     for s in (0, 1)
   ]
-  md = reproduce.write_table(entries, str(tmp_path), "selected")
-  assert "| proposed | yes | image | 2 | 0 | G1 | 7.40 | 34.0 | 20 | 33.0 | 33.0 (30) |" in md
-  assert "| proposed | 0,1 | 7.4 ± 0.0 | 34.0 ± 0.0 |" in md  # G1: the higher IS
+  md = reproduce.write_table(runs, str(tmp_path), "selected")
+  row = "| proposed | yes | image | 2 | 0 | G1 | 7.40 | 34.00 | 20 | 33.00 | 33.00 (30) | 30 |"
+  assert row in md, md
+  assert "| proposed | yes | image | 2 | `through / through` | 0,1 | G1 G1 | 7.40 ± 0.00 " in md
   assert "chosen during training by the highest IS of any generator" in md
-  with open(tmp_path / "results.csv") as f:
+  with open(tmp_path / "results_runs.csv") as f:
     rows = list(csv.DictReader(f))
-  assert rows[1]["is_rule"] == "6.6000" and rows[1]["fid_rule"] == "29.5000"
-  md = reproduce.write_table(entries, str(tmp_path), "final")
-  assert "| proposed | yes | image | 2 | 1 | G2 | 7.20 | 31.0 | 30 | 31.0 |" in md
-  assert "| proposed | 0,1 | 7.2 ± 0.0 | 31.0 ± 0.0 |" in md
-  assert 'Table 3\'s rule (section 4.4, "at the end of learning")' in md
+  assert rows[1]["is"] == "6.6000" and rows[1]["fid"] == "29.5000" and rows[1]["epoch"] == "20"
+  md = reproduce.write_table(runs, str(tmp_path), "final")
+  assert "| proposed | yes | image | 2 | 1 | G2 | 7.20 | 31.00 | 30 | 31.00 |" in md
+  assert "| `through / through` | 0,1 | G2 G2 | 7.20 ± 0.00 | 31.00 ± 0.00 |" in md
+  assert 'Table 3\'s rule, section 4.4: "at the end of learning"' in md
+  # Without selected.json (a run not scored yet): its row says so, the aggregate leaves it out.
+  runs[1] = dataclasses.replace(runs[1], selected=None)
+  md = reproduce.write_table(runs, str(tmp_path), "selected")
+  assert "| proposed | yes | image | 2 | 1 | G1 | — | not scored yet |" in md
+  assert "| `through / through` | 0 | G1 | 7.40 | 34.00 |" in md
 
 
 @pytest.mark.xdist_group("reproduce")
@@ -338,7 +358,7 @@ def test_paper_tiny_protocol_trains_a_population_and_scores_the_selected_checkpo
     if chosen["final"]:  # the final evaluation is the best: its own numbers
       assert selected["generators"] == chosen["generators"]
     for g, scores in enumerate(selected["generators"]):
-      line = f"| proposed | yes | image | 2 | {seed} | G{g + 1} |  | {scores['fid']:.1f} |"
+      line = f"| proposed | yes | image | 2 | {seed} | G{g + 1} | — | {scores['fid']:.2f} |"
       assert line in md, (line, md)
   assert "the lowest FID of any generator, since these Inception weights have no logits" in md
   # A second start trains nothing and scores nothing again.
@@ -350,8 +370,5 @@ def test_paper_tiny_protocol_trains_a_population_and_scores_the_selected_checkpo
 
 def test_reproduce_and_analyze_share_one_std():
   """One convention for 'mean ± std over seeds': the sample std (ddof = 1)."""
-  from cgan_jax.analysis import runs
-
-  assert runs.mean_std([1.0, 3.0]) == (2.0, pytest.approx(2**0.5))
-  assert reproduce._mean_std([1.0, 3.0]) == "2.0 ± 1.4"
-  assert reproduce._mean_std([5.0]) == "5.0"
+  assert runs_lib.mean_std([1.0, 3.0]) == (2.0, pytest.approx(2**0.5))
+  assert runs_lib.mean_std([5.0]) == (5.0, None)

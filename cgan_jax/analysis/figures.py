@@ -6,6 +6,8 @@
             latents, on Inception pool3 features (or raw pixels), coloured by generator; a
             panel per run
   curves    IS and FID over epochs per generator, from `scores.jsonl`; a panel per metric
+            (or, as `reproduce` draws it, a panel per method and metric)
+  grids     the sample grids the runs saved at their last evaluation (no checkpoint needed)
 Every figure's title says how many samples and which weights / features it used.
 """
 
@@ -121,39 +123,61 @@ def tsne_figure(
   return path
 
 
-def curves_figure(runs: list[Run], out: str) -> str:
+def curves_figure(runs: list[Run], out: str, panels: str = "metric", name="curves.png") -> str:
+  """IS, FID and every other registry metric that all runs' evaluations hold, over epochs.
+
+  panels='metric': one panel per metric, a colour per run, a line style per generator.
+  panels='method': a column per method and a row per metric, a colour per run of the
+  method (its seeds, in order), a line style per generator (`reproduce`'s figure).
+  """
   from cgan_jax.quality import registry
 
+  if panels not in ("metric", "method"):
+    raise ValueError(f"panels={panels!r}; allowed: 'metric', 'method'")
   last = [g for r in runs for g in r.records[-1]["generators"]]
-  # IS, FID, then every other metric of the registry that all runs' evaluations hold
   metrics = [n for n in ("is", "fid", *registry.names()) if all(n in g for g in last)]
   metrics = list(dict.fromkeys(metrics))
-  fig, axes = plt.subplots(1, len(metrics), figsize=(5.2 * len(metrics), 4.0), squeeze=False)
+  if panels == "metric":
+    grid = [[(metric, runs) for metric in metrics]]
+    size = (5.2, 4.0)
+  else:
+    methods = list(dict.fromkeys(r.method for r in runs))
+    grid = [[(metric, [r for r in runs if r.method == m]) for m in methods] for metric in metrics]
+    size = (4.0, 3.6)
+  rows, cols = len(grid), len(grid[0])
+  fig, axes = plt.subplots(
+    rows, cols, figsize=(size[0] * cols, size[1] * rows), squeeze=False, sharey="row"
+  )
   styles = ["-", "--", ":", "-."]
-  for ax, metric in zip(axes[0], metrics, strict=True):
-    for i, run in enumerate(runs):
-      epochs = [r["epoch"] for r in run.records]
-      for g in range(run.k):
-        points = [
-          (e, r["generators"][g][metric])
-          for e, r in zip(epochs, run.records, strict=True)
-          if metric in r["generators"][g]
-        ]
-        ax.plot(
-          [e for e, _ in points],
-          [v for _, v in points],
-          styles[g % 4],
-          marker="o",
-          ms=3,
-          color=f"C{i}",
-          label=f"{run.name} G{g + 1}",
-        )
-    ax.set_xlabel("epoch")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # whole epochs
-    m = registry.METRICS[metric]
-    ax.set_ylabel(f"{m.label} ({'higher' if m.direction == 'max' else 'lower'} is better)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+  for row, ax_row in zip(grid, axes, strict=True):
+    for (metric, shown), ax in zip(row, ax_row, strict=True):
+      for i, run in enumerate(shown):
+        epochs = [r["epoch"] for r in run.records]
+        for g in range(run.k):
+          points = [
+            (e, r["generators"][g][metric])
+            for e, r in zip(epochs, run.records, strict=True)
+            if metric in r["generators"][g]
+          ]
+          label = f"{run.name} G{g + 1}" if panels == "metric" else f"seed {run.seed}, G{g + 1}"
+          ax.plot(
+            [e for e, _ in points],
+            [v for _, v in points],
+            styles[g % 4],
+            marker="o",
+            ms=3,
+            color=f"C{i}",
+            label=label,
+          )
+      ax.set_xlabel("epoch")
+      ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # whole epochs
+      m = registry.METRICS[metric]
+      if panels == "method":
+        ax.set_title(shown[0].method)
+      if panels == "metric" or ax is ax_row[0]:
+        ax.set_ylabel(f"{m.label} ({'higher' if m.direction == 'max' else 'lower'} is better)")
+      ax.grid(alpha=0.3)
+      ax.legend(fontsize=7)
   samples = sorted({str(r.records[-1]["num_samples"]) for r in runs})
   weights = sorted({r.records[-1].get("weights", "") for r in runs})
   reference = sorted({r.records[-1].get("reference", "") for r in runs})
@@ -161,10 +185,38 @@ def curves_figure(runs: list[Run], out: str) -> str:
     fig,
     f"{' / '.join(samples)} samples per generator per evaluation; reference: "
     f"{'; '.join(reference)}; {'; '.join(weights)}",
-    60 * len(metrics),
+    int(12 * size[0] * cols),
   )
   fig.tight_layout()
-  path = os.path.join(out, "curves.png")
+  path = os.path.join(out, name)
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return path
+
+
+def grids_figure(runs: list[Run], out: str, name="samples.png") -> str:
+  """The sample grids each run saved at its last evaluation (`samples/`: the same latents
+  for every generator), a row per run, a column per generator. Needs no checkpoint, so it
+  works on exported runs (`reproduce --export`)."""
+  from PIL import Image
+
+  cols = max(r.k for r in runs)
+  fig, axes = plt.subplots(len(runs), cols, figsize=(3.2 * cols, 3.4 * len(runs)), squeeze=False)
+  for row, run in zip(axes, runs, strict=True):
+    step, epoch = run.records[-1]["step"], run.records[-1]["epoch"]
+    for g, ax in enumerate(row):
+      ax.axis("off")
+      path = os.path.join(run.workdir, "samples", f"step_{step:08d}_g{g}.png")
+      if g < run.k and os.path.isfile(path):
+        with Image.open(path) as im:
+          ax.imshow(np.asarray(im))
+        ax.set_title(f"{run.method} G{g + 1}, epoch {epoch}", fontsize=9)
+  seeds = ", ".join(sorted({str(r.seed) for r in runs}))
+  _title(
+    fig, f"Last evaluation's samples, seed {seeds}; the same latents for every generator", 34 * cols
+  )
+  fig.tight_layout()
+  path = os.path.join(out, name)
   fig.savefig(path, dpi=110)
   plt.close(fig)
   return path

@@ -1,16 +1,14 @@
-"""Reading finished runs for the paper's tables: what each run is (from `config.json`)
-and its scores (from `scores.jsonl`), one row per run and generator, seeds aggregated.
+"""Reading runs for the paper's tables and figures: what each run is (from `config.json`),
+its scores (from `scores.jsonl`) and, where `reproduce` wrote them, its wall time
+(`reproduce_time.json`) and its best checkpoint scored again (`selected.json`). The table
+itself is `analysis.table`.
 
-Which evaluation a row reports (`pick`):
-  best    each generator's best evaluation: highest IS where the weights had logits (the
-          paper's "model parameters at the highest point of IS", Tables 1 and 2), else
-          lowest FID
-  final   the run's last evaluation (the paper's Table 3: "at the end of learning")
-Seeds: runs that differ only in `seed` form one group; IS and FID are then the mean ± the
-standard deviation over seeds (ddof = 1) of each generator's numbers.
+`pick_record` is a generator's best or final evaluation, `mean_std` the one convention
+for "mean ± std over seeds" (the sample std, ddof = 1); `analysis.table` describes both.
 """
 
 import dataclasses
+import json
 import os
 
 import numpy as np
@@ -21,6 +19,8 @@ from cgan_jax.run import restore
 from cgan_jax.run import scores as scores_lib
 
 PICKS = ("best", "final")
+TIMING = "reproduce_time.json"  # {"wall_s": ...}: the run's wall time, written by reproduce
+SELECTED = "selected.json"  # the best checkpoint scored again (reproduce's Table 1 rule)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,6 +36,10 @@ class Run:
   seed: int
   epochs: int
   records: tuple
+  finished: bool = False  # its last evaluation is the final one
+  wall_s: float | None = None  # from reproduce_time.json
+  eval_s: float = 0.0  # the seconds of its evaluations (scores.jsonl)
+  selected: dict | None = None  # selected.json
 
   @property
   def group(self) -> tuple:
@@ -78,7 +82,21 @@ def load_run(workdir: str) -> Run:
     seed=int(c.seed),
     epochs=int(c.num_epochs),
     records=tuple(records),
+    finished=bool(records[-1].get("final")),
+    wall_s=_read_json(os.path.join(workdir, TIMING), {}).get("wall_s"),
+    eval_s=float(sum(r.get("eval_s", 0.0) for r in records)),
+    selected=_read_json(os.path.join(workdir, SELECTED), None),
   )
+
+
+def _read_json(path: str, default):
+  if not os.path.isfile(path):
+    return default
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except (OSError, ValueError) as e:
+    raise ConfigError(f"{path!r} is unreadable ({e})") from None
 
 
 def pick_record(run: Run, generator: int, pick: str) -> dict:
@@ -98,105 +116,3 @@ def mean_std(values: list[float]) -> tuple[float, float | None]:
   the one convention of `analyze table` and `reproduce`; None for a single value."""
   a = np.asarray(values, np.float64)
   return float(a.mean()), (float(a.std(ddof=1)) if len(a) > 1 else None)
-
-
-def table_rows(runs: list[Run], pick: str) -> list[dict]:
-  """One row per group of seeds and generator (a single seed is a group of one)."""
-  groups: dict[tuple, list[Run]] = {}
-  for run in runs:
-    groups.setdefault(run.group, []).append(run)
-  rows = []
-  for group_runs in groups.values():
-    first = group_runs[0]
-    for g in range(first.k):
-      picked = [pick_record(r, g, pick) for r in group_runs]
-      gens = [rec["generators"][g] for rec in picked]
-      row = {
-        "method": first.method,
-        "sn": "yes" if first.sn else "no",
-        "transfer": first.transfer,
-        "k": first.k,
-        "gates_d": first.gates_d,
-        "gates_transfer": first.gates_transfer,
-        "generator": f"G{g + 1}",
-        "runs": " ".join(r.name for r in group_runs),
-        "seeds": " ".join(str(r.seed) for r in group_runs),
-        "epochs": first.epochs,
-        "eval_epochs": " ".join(str(rec["epoch"]) for rec in picked),
-        "samples": " ".join(sorted({str(rec["num_samples"]) for rec in picked})),
-        "weights": " / ".join(sorted({rec.get("weights", "") for rec in picked})),
-      }
-      if all("is" in x for x in gens):
-        row["is_mean"], row["is_seed_std"] = mean_std([x["is"] for x in gens])
-        row["is_split_std"] = float(np.mean([x.get("is_std", 0.0) for x in gens]))
-      row["fid_mean"], row["fid_seed_std"] = mean_std([x["fid"] for x in gens])
-      for name in extra_metrics(gens):  # every other metric of the registry they all hold
-        row[f"{name}_mean"], row[f"{name}_seed_std"] = mean_std([x[name] for x in gens])
-      rows.append(row)
-  return rows
-
-
-def extra_metrics(generators: list[dict]) -> list[str]:
-  """The registry's metrics beyond IS and FID that every one of `generators` holds."""
-  from cgan_jax.quality import registry
-
-  return [n for n in registry.names() if n not in ("is", "fid") and all(n in g for g in generators)]
-
-
-def _pm(mean: float | None, std: float | None, digits: int) -> str:
-  if mean is None:
-    return "—"
-  return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if std is not None else "")
-
-
-def markdown(rows: list[dict], pick: str) -> str:
-  head = [
-    "method",
-    "SN",
-    "transfer",
-    "k",
-    "gates",
-    "G",
-    "seeds",
-    "IS ± std",
-    "FID",
-  ]
-  from cgan_jax.quality import registry
-
-  extra = [
-    n for n in registry.names() if n not in ("is", "fid") and any(f"{n}_mean" in r for r in rows)
-  ]
-  head += [registry.METRICS[n].label for n in extra] + ["epochs", "samples"]
-  lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-  for r in rows:
-    gates = r["gates_d"] + (f" / {r['gates_transfer']}" if r["gates_transfer"] else "")
-    if "is_mean" in r:
-      # one seed: IS ± the std over IS's 10 splits (as the paper); several: over seeds
-      std = r["is_seed_std"] if r["is_seed_std"] is not None else r["is_split_std"]
-      is_text = _pm(r["is_mean"], std, 2)
-    else:
-      is_text = "—"
-    cells = [
-      r["method"],
-      r["sn"],
-      r["transfer"],
-      str(r["k"]),
-      f"`{gates}`",
-      r["generator"],
-      r["seeds"],
-      is_text,
-      _pm(r["fid_mean"], r["fid_seed_std"], 2),
-      *(_pm(r.get(f"{n}_mean"), r.get(f"{n}_seed_std"), 4) for n in extra),
-      f"{r['eval_epochs']} of {r['epochs']}",
-      r["samples"],
-    ]
-    lines.append("| " + " | ".join(cells) + " |")
-  weights = sorted({r["weights"] for r in rows})
-  lines += [
-    "",
-    f"Each row: one generator; its {'best' if pick == 'best' else 'final'} evaluation "
-    f"({'highest IS, or lowest FID without IS' if pick == 'best' else 'the last one'}). "
-    f"With several seeds: mean ± std over seeds; with one, IS ± the std over its 10 splits. "
-    f"'epochs': the evaluated epoch(s) of the trained ones. Weights: {'; '.join(weights)}.",
-  ]
-  return "\n".join(lines) + "\n"
