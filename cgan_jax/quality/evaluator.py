@@ -91,14 +91,19 @@ class InceptionExtractor:
     pool3 = np.asarray(pool3[:n])
     return pool3, (np.asarray(logits[:n]) if logits is not None else None)
 
-  def many(self, images) -> tuple[np.ndarray, np.ndarray | None]:
+  def many(self, images, should_stop=None) -> tuple[np.ndarray, np.ndarray | None]:
     """Any number of uint8 [n, h, w, 3] images, in calls of `batch_size` (the last padded):
     how the sets of several generators, or of several population members, share each
-    Inception pass."""
+    Inception pass. `should_stop()` (optional) is asked between the calls: True ends it
+    with `EvaluationInterrupted` (a population's latent batch can be many calls)."""
     bs = self.batch_size
     if images.shape[0] <= bs:
       return self(images)
-    parts = [self(images[i : i + bs]) for i in range(0, images.shape[0], bs)]
+    parts = []
+    for i in range(0, images.shape[0], bs):
+      if i and should_stop is not None and should_stop():
+        raise EvaluationInterrupted(f"after {i} of {images.shape[0]} images of a pack")
+      parts.append(self(images[i : i + bs]))
     feats = np.concatenate([f for f, _ in parts])
     logits = [lg for _, lg in parts if lg is not None]
     return feats, (np.concatenate(logits) if logits else None)
@@ -324,7 +329,7 @@ def score_image_batches(
   def run_inception(count: int) -> None:
     nonlocal queue, queued
     flat = queue[0] if len(queue) == 1 else jnp.concatenate([jnp.asarray(q) for q in queue])
-    feats, lg = extractor.many(flat[:count])
+    feats, lg = extractor.many(flat[:count], should_stop)
     queue = [flat[count:]] if count < flat.shape[0] else []
     queued -= count
     done_feats.append(feats)

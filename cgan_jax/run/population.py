@@ -784,66 +784,58 @@ class _PopulationLoop:
 
   def run(self, report) -> None:
     self.report = report
-    config = self.config
-    b = config.train.batch_size
-    local = b // jax.process_count()
-    offset = jax.process_index() * local
-    gstep = 0
     with train._StopSignal() as stop:
       self.stop = stop
-      if stop.received is not None:  # before anything was trained: nothing to save
-        self.stopped = stop.received
-        logging.warning("Received %s before training started: stopping.", self.stopped)
-        return
-      try:
-        for m in range(len(self.members)):
-          self.catch_up(m)
-        while stop.received is None:
-          active = self.active()
-          if not active:
-            break
-          index = self.index(active, local, offset)
-          mask = self.program.put_active([m in active for m in range(len(self.members))])
-          self.states, metrics = self.compiled(
-            self.states, self.images_dev, index, self.hparams, mask
-          )
-          gstep += 1
-          for m in active:
-            self.members[m].step += 1
-          self.history.append((metrics, tuple(active)))
-          if gstep == 1:
-            jax.block_until_ready(metrics)
-            stop.arm()
-          boundary = [m for m in active if self.members[m].step % self.spe == 0]
-          if gstep % config.train.log_every_steps == 0 or boundary:
-            for m in self.flush():
-              self.end(m)
-          report.total = gstep + max(
-            (self.total - mem.step for mem in self.members if not mem.ended), default=0
-          )
-          report.plan = self.evaluation_plan(gstep)
-          rate = report(gstep)
-          if rate is not None:
-            for m in active:
-              self.members[m].writer.write_scalars(self.members[m].step, {"steps_per_sec": rate})
-          if stop.received is not None:
-            break
-          if boundary:
-            self.epoch_end(boundary)
-        if stop.received is not None:
-          self.stopped = stop.received
-          logging.warning("Received %s: saving checkpoints and exiting.", self.stopped)
-          self.flush()
-          for m in self.active():
-            if self.members[m].last_good != self.members[m].step:
-              self.save(m)
-      except evaluator_lib.EvaluationInterrupted:
-        self.stopped = stop.received
-        train._log_interrupted_evaluation(self.stopped, max(mem.step for mem in self.members))
-        self.flush()
-        for m in self.active():
-          if self.members[m].last_good != self.members[m].step:
-            self.save(m)
+      self.stopped = train.stop_protocol(stop, self._train, self._at, self._save_unsaved)
+
+  def _at(self) -> str:
+    steps = sorted({mem.step for mem in self.members if not mem.ended})
+    return ", ".join(map(str, steps)) or "-"
+
+  def _save_unsaved(self) -> None:
+    self.flush()
+    for m in self.active():
+      if self.members[m].last_good != self.members[m].step:
+        self.save(m)
+
+  def _train(self) -> None:
+    """Population steps until every run ended or a signal (returns with it set)."""
+    config, stop, report = self.config, self.stop, self.report
+    local = config.train.batch_size // jax.process_count()
+    offset = jax.process_index() * local
+    gstep = 0
+    for m in range(len(self.members)):
+      self.catch_up(m)
+    while stop.received is None:
+      active = self.active()
+      if not active:
+        break
+      index = self.index(active, local, offset)
+      mask = self.program.put_active([m in active for m in range(len(self.members))])
+      self.states, metrics = self.compiled(self.states, self.images_dev, index, self.hparams, mask)
+      gstep += 1
+      for m in active:
+        self.members[m].step += 1
+      self.history.append((metrics, tuple(active)))
+      if gstep == 1:
+        jax.block_until_ready(metrics)
+        stop.arm()
+      boundary = [m for m in active if self.members[m].step % self.spe == 0]
+      if gstep % config.train.log_every_steps == 0 or boundary:
+        for m in self.flush():
+          self.end(m)
+      report.total = gstep + max(
+        (self.total - mem.step for mem in self.members if not mem.ended), default=0
+      )
+      report.plan = self.evaluation_plan(gstep)
+      rate = report(gstep)
+      if rate is not None:
+        for m in active:
+          self.members[m].writer.write_scalars(self.members[m].step, {"steps_per_sec": rate})
+      if stop.received is not None:
+        break
+      if boundary:
+        self.epoch_end(boundary)
 
 
 def train_population(

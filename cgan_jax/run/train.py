@@ -363,11 +363,20 @@ class _SoloRun:
   # -- the epoch loop -----------------------------------------------------------------------
 
   def train_epochs(self) -> None:
+    signal_name = stop_protocol(self.stop, self._epochs, self._at, self._save_unsaved)
+    self.stopped = signal_name or self.stopped
+
+  def _at(self) -> str:
+    return str(self.step)
+
+  def _save_unsaved(self) -> None:
+    if self.last_good != self.step:
+      self.save_checkpoint()
+
+  def _epochs(self) -> None:
+    """Epochs until the last step, a signal (returns with `stop.received` set) or a
+    callback's stop."""
     stop = self.stop
-    if stop.received is not None:  # before anything was trained: nothing to save
-      self.stopped = stop.received
-      logging.warning("Received %s before training started: stopping.", self.stopped)
-      return
     if self.pending_eval:
       logging.info("Evaluating step %d, which the previous process did not finish.", self.step)
       if self.evaluate_or_stop():
@@ -375,11 +384,6 @@ class _SoloRun:
     while self.step < self.total_steps and self.stopped is None:
       self.train_epoch()
       if stop.received is not None:
-        self.stopped = stop.received
-        logging.warning(
-          "Received %s at step %d: saving a checkpoint and exiting.", self.stopped, self.step
-        )
-        self.save_checkpoint()
         return
       if self.step // self.spe % self.config.checkpoint.every_epochs == 0 or (
         self.step >= self.total_steps
@@ -431,21 +435,12 @@ class _SoloRun:
   # -- evaluate and record ------------------------------------------------------------------
 
   def evaluate_or_stop(self) -> bool:
-    """`evaluate`, and what stops the run after it: a signal during it (the step's
-    checkpoint is saved, the next start evaluates it) or a callback. True when it stops."""
-    try:
-      wants_stop = self.evaluate()
-    except evaluator_lib.EvaluationInterrupted:
-      self.stopped = self.stop.received
-      _log_interrupted_evaluation(self.stopped, self.step)
-      if self.last_good != self.step:
-        self.save_checkpoint()
-      return True
-    if wants_stop:
+    """`evaluate`, and a callback's stop after it (with the step's checkpoint). True when it
+    stops. A signal during it raises `EvaluationInterrupted` (see `stop_protocol`)."""
+    if self.evaluate():
       self.stopped = "callback"
       logging.info("A callback asked to stop after step %d: saving a checkpoint.", self.step)
-      if self.last_good != self.step:
-        self.save_checkpoint()
+      self._save_unsaved()
       return True
     return False
 
@@ -484,13 +479,42 @@ class _SoloRun:
     return any([bool(cb(record)) for cb in self.callbacks]) and not last
 
 
-def _log_interrupted_evaluation(signal_name, step: int) -> None:
-  logging.warning(
-    "Received %s while evaluating step %d: stopping now. Its checkpoint is saved; the next "
-    "start evaluates it first.",
-    signal_name,
-    step,
-  )
+def stop_protocol(stop, train, at, save_unsaved) -> str | None:
+  """What a signal does to an epoch loop, one protocol for a solo run (`_SoloRun`) and a
+  population (`population._PopulationLoop`). Returns the signal's name, or None.
+
+  Before the first step (a search worker's signal that came first; under the training CLI
+  one before `arm()` has already ended the process): nothing to save, stop at once.
+  Between steps: `train()` returns with `stop.received` set; the checkpoints not yet
+  written (`save_unsaved()`) are written and the run stops. During an evaluation (checked
+  between Inception batches): `EvaluationInterrupted`; the step's checkpoint is already
+  saved (before its evaluation), the next start evaluates it first.
+
+  Args:
+    stop: the loop's `_StopSignal`.
+    train: trains until the end or a signal.
+    at: the step(s) for the log line.
+    save_unsaved: writes the checkpoint(s) not yet written.
+  """
+  if stop.received is not None:
+    logging.warning("Received %s before training started: stopping.", stop.received)
+    return stop.received
+  try:
+    train()
+  except evaluator_lib.EvaluationInterrupted:
+    logging.warning(
+      "Received %s while evaluating step %s: stopping now. Its checkpoint is saved; the next "
+      "start evaluates it first.",
+      stop.received,
+      at(),
+    )
+    save_unsaved()
+    return stop.received
+  if stop.received is None:
+    return None
+  logging.warning("Received %s at step %s: saving checkpoints and exiting.", stop.received, at())
+  save_unsaved()
+  return stop.received
 
 
 def _summary(workdir, first, step, total, seconds, records, stopped) -> None:
