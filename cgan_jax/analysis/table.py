@@ -301,7 +301,8 @@ def markdown(rows: list[dict], pick: str) -> str:
     "",
     f"Each generator reports {_PICK_TEXT[pick].format(chooser=chooser)}. "
     "Std over seeds: the sample std (ddof = 1; for two seeds, the range / sqrt 2); with one "
-    "seed, IS ± the std over its 10 splits.",
+    "seed, IS ± the std over its 10 splits. 'epochs' per generator: the picked epoch of each "
+    "seed, of the epochs trained.",
     f"IS and FID of {' / '.join(samples) or '—'} samples per generator against "
     f"{'; '.join(sorted({r['reference'] for r in rows}))}; Inception: "
     f"{'; '.join(sorted({r['weights'] for r in rows}))}. FID final and FID best: the "
