@@ -186,7 +186,6 @@ def run_name(method: str, seed: int) -> str:
 
 def _override(config, field: str, value: str) -> None:
   """config.FIELD = VALUE, converted to the field's type (`--set`)."""
-
   flag = f"--set={field}={value}"
   node, names = config, field.split(".")
   for name in names[:-1]:
@@ -596,8 +595,6 @@ def _run_population(protocol: Protocol, out: str, method: str) -> bool:
 def collect(protocol: Protocol, out: str) -> list:
   """The protocol's runs (`analysis.runs.Run`) that have at least one evaluation, seed by
   seed, method by method."""
-  from cgan_jax.analysis import runs as runs_lib
-
   found = []
   for seed in protocol.seeds:
     for method in protocol.methods:

@@ -3,8 +3,8 @@ its scores (from `scores.jsonl`) and, where `reproduce` wrote them, its wall tim
 (`reproduce_time.json`) and its best checkpoint scored again (`selected.json`). The table
 itself is `analysis.table`.
 
-`pick_record` is a generator's best or final evaluation, `mean_std` the one convention
-for "mean ± std over seeds" (the sample std, ddof = 1); `analysis.table` describes both.
+`mean_std` is the one convention for "mean ± std over seeds" (the sample std, ddof = 1),
+which `analysis.table` describes.
 """
 
 import dataclasses
@@ -18,7 +18,6 @@ from cgan_jax.errors import ConfigError
 from cgan_jax.run import restore
 from cgan_jax.run import scores as scores_lib
 
-PICKS = ("best", "final")
 TIMING = "reproduce_time.json"  # {"wall_s": ...}: the run's wall time, written by reproduce
 SELECTED = "selected.json"  # the best checkpoint scored again (reproduce's Table 1 rule)
 
@@ -40,18 +39,6 @@ class Run:
   wall_s: float | None = None  # from reproduce_time.json
   eval_s: float = 0.0  # the seconds of its evaluations (scores.jsonl)
   selected: dict | None = None  # selected.json
-
-  @property
-  def group(self) -> tuple:
-    return (
-      self.method,
-      self.sn,
-      self.transfer,
-      self.k,
-      self.gates_d,
-      self.gates_transfer,
-      self.epochs,
-    )
 
 
 def load_run(workdir: str) -> Run:
@@ -97,18 +84,6 @@ def _read_json(path: str, default):
       return json.load(f)
   except (OSError, ValueError) as e:
     raise ConfigError(f"{path!r} is unreadable ({e})") from None
-
-
-def pick_record(run: Run, generator: int, pick: str) -> dict:
-  """The evaluation a generator's row reports (see the module doc)."""
-  if pick not in PICKS:
-    raise ConfigError(f"--pick={pick!r} is not allowed; choose one of: {', '.join(PICKS)}")
-  if pick == "final":
-    return run.records[-1]
-  gens = [r["generators"][generator] for r in run.records]
-  if all("is" in g for g in gens):
-    return run.records[int(np.argmax([g["is"] for g in gens]))]
-  return run.records[int(np.argmin([g["fid"] for g in gens]))]
 
 
 def mean_std(values: list[float]) -> tuple[float, float | None]:

@@ -29,7 +29,7 @@ import os
 
 import numpy as np
 
-from cgan_jax.analysis.runs import Run, mean_std, pick_record
+from cgan_jax.analysis.runs import Run, mean_std
 from cgan_jax.errors import ConfigError
 
 PICKS = ("best", "final", "selected")
@@ -54,18 +54,14 @@ def picked(run: Run, generator: int, pick: str) -> dict | None:
   """The record (epoch, num_samples, generators) a generator's row reports; None for
   'selected' when the run's best checkpoint has not been scored again yet."""
   check_pick(pick)
-  if pick != "selected":
-    return pick_record(run, generator, "best" if pick == "best" else "final")
-  if not run.selected:
-    return None
-  return {
-    "epoch": run.selected["epoch"],
-    "step": run.selected["step"],
-    "num_samples": run.selected["num_samples"],
-    "generators": run.selected["generators"],
-    "weights": run.records[-1].get("weights", ""),
-    "reference": run.records[-1].get("reference", ""),
-  }
+  if pick == "final":
+    return run.records[-1]
+  if pick == "best":
+    gens = [r["generators"][generator] for r in run.records]
+    if all("is" in g for g in gens):
+      return run.records[int(np.argmax([g["is"] for g in gens]))]
+    return run.records[int(np.argmin([g["fid"] for g in gens]))]
+  return run.selected or None  # selected.json: its epoch, num_samples and generators
 
 
 def extra_metrics(generators: list[dict]) -> list[str]:
@@ -75,15 +71,13 @@ def extra_metrics(generators: list[dict]) -> list[str]:
   return [n for n in registry.names() if n not in ("is", "fid") and all(n in g for g in generators)]
 
 
+# What a row says of its run's configuration; runs that differ only in their seed (these
+# and num_epochs equal) form a group.
+_CONFIG = ("method", "sn", "transfer", "k", "gates_d", "gates_transfer")
+
+
 def _describe(run: Run) -> dict:
-  return {
-    "method": run.method,
-    "sn": "yes" if run.sn else "no",
-    "transfer": run.transfer,
-    "k": run.k,
-    "gates_d": run.gates_d,
-    "gates_transfer": run.gates_transfer,
-  }
+  return {key: getattr(run, key) for key in _CONFIG} | {"sn": "yes" if run.sn else "no"}
 
 
 def run_rows(runs: list[Run], pick: str) -> list[dict]:
@@ -126,10 +120,9 @@ def run_rows(runs: list[Run], pick: str) -> list[dict]:
 
 def _groups(rows: list[dict]) -> dict[tuple, list[dict]]:
   """Rows of runs that differ only in their seed, by group (first seen first)."""
-  keys = ("method", "sn", "transfer", "k", "gates_d", "gates_transfer", "num_epochs")
   groups: dict[tuple, list[dict]] = {}
   for r in rows:
-    groups.setdefault(tuple(r[k] for k in keys), []).append(r)
+    groups.setdefault(tuple(r[k] for k in (*_CONFIG, "num_epochs")), []).append(r)
   return groups
 
 
@@ -144,7 +137,7 @@ def generator_rows(rows: list[dict]) -> list[dict]:
       scored = [r for r in members if r["fid"] is not None]
       first = members[0]
       row = {
-        **{k: first[k] for k in ("method", "sn", "transfer", "k", "gates_d", "gates_transfer")},
+        **{k: first[k] for k in _CONFIG},
         "generator": g,
         "runs": " ".join(r["run"] for r in members),
         "seeds": " ".join(str(r["seed"]) for r in scored),
@@ -173,16 +166,14 @@ def best_generator_rows(rows: list[dict]) -> list[dict]:
   for group in _groups(rows).values():
     scored = [r for r in group if r["fid"] is not None]
     has_is = bool(scored) and all(r["is"] is not None for r in scored)
-    per_run: dict[str, dict] = {}
+    by_run: dict[str, list[dict]] = {}
     for r in scored:
-      score = -r["is"] if has_is else r["fid"]
-      if r["run"] not in per_run or score < (
-        -per_run[r["run"]]["is"] if has_is else per_run[r["run"]]["fid"]
-      ):
-        per_run[r["run"]] = r
-    first, best = group[0], list(per_run.values())
+      by_run.setdefault(r["run"], []).append(r)
+    # each run's best: the highest IS, or the lowest FID (min keeps the first of equals)
+    key = (lambda r: -r["is"]) if has_is else (lambda r: r["fid"])  # noqa: E731
+    first, best = group[0], [min(mine, key=key) for mine in by_run.values()]
     row = {
-      **{k: first[k] for k in ("method", "sn", "transfer", "k", "gates_d", "gates_transfer")},
+      **{k: first[k] for k in _CONFIG},
       "seeds": ",".join(str(r["seed"]) for r in best),
       "generators": " ".join(r["generator"] for r in best),
       "by": "IS" if has_is else "FID",
